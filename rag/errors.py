@@ -1,0 +1,75 @@
+"""One error family for the whole product.
+
+Every expected failure is a `RagError` with a message a user can act on. Each subclass
+carries the CLI exit code and the HTTP status it maps to, so the CLI and the web app
+translate errors the same way without a table of their own.
+"""
+
+from __future__ import annotations
+
+
+class RagError(Exception):
+    """Base of every error the product expects and explains."""
+
+    exit_code = 1
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(RagError):
+    """A setting is unknown, mistyped or out of range."""
+
+    exit_code = 2
+    http_status = 500
+
+
+class UsageError(RagError):
+    """The caller asked for something malformed (bad argument, bad request body)."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class NotFoundError(RagError):
+    """A collection, document or file the caller named does not exist."""
+
+    http_status = 404
+
+
+class ModelLoadError(RagError):
+    """A model file is missing, unreadable or of a kind we cannot run."""
+
+    http_status = 503
+
+
+class InsufficientMemoryError(RagError):
+    """A model or a request does not fit the memory or context budget."""
+
+    http_status = 503
+
+
+class ParseError(RagError):
+    """A document could not be read; the batch goes on without it."""
+
+    http_status = 422
+
+
+class StoreError(RagError):
+    """The vector store refused an operation or holds data we cannot use."""
+
+    http_status = 500
+
+
+class NotReadyError(RagError):
+    """The service is still loading its models."""
+
+    http_status = 503
+
+
+class ContextOverflowError(RagError):
+    """A request cannot fit the planned context even with every passage dropped."""
+
+    http_status = 413

@@ -1,0 +1,81 @@
+"""Shared fixtures: the real bundled models, loaded once per session, and indexes on tmp dirs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rag.config import EmbeddingSettings, LlmSettings, Settings, StorageSettings
+from rag.embedder import Embedder, load_embedder
+from rag.engine import MlxEngine, load_engine
+from rag.store import Store, open_store
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+RAG = Path(sys.executable).parent / "rag"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    return load_embedder(EmbeddingSettings())
+
+
+@pytest.fixture(scope="session")
+def engine() -> MlxEngine:
+    return load_engine(LlmSettings())
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(storage=StorageSettings(data_dir=str(tmp_path / "data")))
+
+
+@pytest.fixture
+def store(settings: Settings, embedder: Embedder) -> Store:
+    return open_store(settings.storage.data_path, embedder.name, embedder.dim)
+
+
+def rag_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for a `rag` subprocess: its own index, no user config, no network."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    env.update(RAG_STORAGE_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1", **extra)
+    env["RAG_CONFIG"] = str(ROOT / "config.toml")
+    return env
+
+
+@pytest.fixture
+def chdir_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run from the repository root so sources read `samples/...` as users see them."""
+    monkeypatch.chdir(ROOT)
+    yield ROOT
+
+
+@pytest.fixture(scope="session")
+def sample_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An index of the sample documents, built once by the real `rag ingest` command."""
+    import json
+    import subprocess
+
+    data_dir = tmp_path_factory.mktemp("sample-index")
+    done = subprocess.run(
+        [str(RAG), "ingest", "samples/", "--json"],
+        cwd=ROOT,
+        env=rag_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["added"] == 4 and report["failed"] == []
+    return data_dir
+
+
+# Short greedy answers keep generation tests to seconds on a 2-core CPU.
+FAST_LLM_ENV = {"RAG_LLM_ANSWER_TOKENS": "24", "RAG_RETRIEVAL_K": "2"}

@@ -1,0 +1,1 @@
+"""The HTTP service: Litestar app, REST API and browser UI."""
