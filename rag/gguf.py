@@ -48,8 +48,8 @@ def load_gguf(path: Path) -> tuple[nn.Module, TokenizerWrapper, dict[str, Any]]:
     """Return (mlx_lm llama Model with quantized layers, mlx_lm TokenizerWrapper, config dict).
 
     The config holds the mlx_lm llama model arguments plus `quantization`
-    ({"group_size", "bits"} of the bulk of the layers, or None), `file_size_bytes` and
-    `gguf_file_type`.
+    ({"group_size", "bits"} of the bulk of the layers, or None), `file_size_bytes`,
+    `weight_bytes` (in memory, as loaded) and `gguf_file_type`.
     """
     path = Path(path)
     if not path.is_file():
@@ -57,6 +57,7 @@ def load_gguf(path: Path) -> tuple[nn.Module, TokenizerWrapper, dict[str, Any]]:
 
     import mlx.core as mx
     import mlx.nn as nn
+    from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
     try:
@@ -99,13 +100,14 @@ def load_gguf(path: Path) -> tuple[nn.Module, TokenizerWrapper, dict[str, Any]]:
         raise ModelLoadError(f"{path.name} does not match a llama model: {e}") from e
 
     if mx.default_device() == mx.cpu:
-        # The CPU backend's quantized matmul and elementwise kernels run several times faster
-        # on fp32 than on the file's fp16 scales and activations (measured: about 7x decode,
-        # 16x prefill on SmolLM2-135M). Only scales, biases and norms grow; the packed uint32
-        # weights stay as they are.
+        # GGUF norms are F32, so activations are fp32 already and every quantized matmul
+        # would convert the fp16 scales and biases to match: fp32 ones save that (a few
+        # percent of decode) and keep an all-fp16 path, 50x slower on CPU, out of reach.
         model.set_dtype(mx.float32)
     model.eval()
     mx.eval(model.parameters())
+    # What the weights occupy once loaded, which is not the file size after the cast above.
+    config["weight_bytes"] = sum(a.nbytes for _, a in tree_flatten(model.parameters()))
 
     tokenizer = _load_tokenizer(path, metadata)
     return model, tokenizer, config

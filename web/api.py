@@ -53,7 +53,7 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     )
 
 
-@post("/api/ask", summary="Answer a question from the documents, with citations")
+@post("/api/ask", status_code=200, summary="Answer a question from the documents, with citations")
 async def ask(
     request: Request[Any, Any, Any], data: AskRequest
 ) -> Response[dict[str, Any]] | ServerSentEvent:
