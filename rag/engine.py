@@ -16,10 +16,7 @@ from rag.records import Delta
 
 if TYPE_CHECKING:
     from mlx_lm.tokenizer_utils import TokenizerWrapper
-
-# End-of-turn markers of the common chat templates. mlx-lm stops only on the model's EOS ids,
-# and some templates close a turn with a different token, so generation would run on.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|im_start|>")
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +37,11 @@ class MlxEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.max_context_tokens = max_context_tokens
-        for token in END_OF_TURN_TOKENS:
-            if token in tokenizer.vocab:
-                tokenizer.add_eos_token(token)
+        # mlx-lm stops only on the model's EOS ids, which are often the document end
+        # (<|endoftext|>) rather than the token that closes an assistant turn.
+        end_of_turn = end_of_turn_token(tokenizer._tokenizer)
+        if end_of_turn is not None:
+            tokenizer.add_eos_token(end_of_turn)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the prompt exactly as the model will see it (template included)."""
@@ -107,6 +106,29 @@ class MlxEngine:
             tokens_per_s=round((count - 1) / decode_s, 2) if count > 1 and decode_s > 0 else 0.0,
             finish_reason=finish,
         )
+
+
+def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The special token the chat template writes right after an assistant's message."""
+    if tokenizer.chat_template is None:
+        return None
+    from jinja2 import TemplateError
+
+    reply = "Paris."
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": reply}],
+            tokenize=False,
+        )
+    except (TemplateError, ValueError):
+        # A template that refuses this probe conversation leaves the model's EOS in charge.
+        return None
+    tail = text[text.rindex(reply) + len(reply) :]
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    for token_id in tokenizer.encode(tail, add_special_tokens=False):
+        if token_id in special:
+            return tokenizer.convert_ids_to_tokens(token_id)
+    return None
 
 
 def bundled_model_path() -> Path:
