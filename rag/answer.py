@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from rag.config import Settings
 from rag.embedder import Embedder
 from rag.engine import Generation, MlxEngine
 from rag.errors import UsageError
-from rag.prompts import build_messages
+from rag.prompts import Message, build_messages
 from rag.records import Answer, Citation, Delta, Passage, Usage
 from rag.store import Store
 
@@ -32,20 +32,38 @@ class Answerer:
             raise UsageError("the question is empty")
         return self.store.search(collection, self.embedder.embed_query(query), k)
 
-    def pack(self, question: str, passages: list[Passage]) -> tuple[list[int], list[Passage]]:
-        """Prompt ids with as many passages as fit, dropping the lowest-ranked first."""
-        kept = list(passages)
+    def pack(
+        self,
+        question: str,
+        passages: list[Passage],
+        history: Sequence[Message] = (),
+        reserve_tokens: int | None = None,
+    ) -> tuple[list[int], list[Passage]]:
+        """Prompt ids with as many passages as fit, dropping the lowest-ranked first.
+
+        When even no passage leaves room, the oldest turns of the history go next; the engine
+        refuses what still does not fit.
+        """
+        reserve = self.answer_tokens if reserve_tokens is None else reserve_tokens
+        kept, turns = list(passages), list(history)
         while True:
-            ids = self.engine.encode_chat(build_messages(question, kept))
-            if len(ids) + self.answer_tokens <= self.context_tokens or not kept:
+            ids = self.engine.encode_chat(build_messages(question, kept, turns))
+            if len(ids) + reserve <= self.context_tokens or not (kept or turns):
                 return ids, kept
-            kept.pop()
+            if kept:
+                kept.pop()
+            else:
+                turns = turns[2:] if len(turns) > 1 else []
 
     def stream(
         self,
         question: str,
         collection: str,
         k: int,
+        *,
+        history: Sequence[Message] = (),
+        max_tokens: int | None = None,
+        temperature: float | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> Iterator[Delta | Answer]:
         """Yield the answer text as it is generated, then the complete Answer."""
@@ -54,13 +72,51 @@ class Answerer:
             yield Delta(NOTHING_FOUND)
             yield Answer(answer=NOTHING_FOUND)
             return
-        prompt_ids, kept = self.pack(question, passages)
+        reserve = self._reserve(max_tokens)
+        prompt_ids, kept = self.pack(question, passages, history, reserve)
+        dropped = [p.chunk_id for p in passages[len(kept) :]]
+        yield from self._generate(prompt_ids, kept, dropped, reserve, temperature, should_stop)
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Iterator[Delta | Answer]:
+        """The plain LLM on a conversation, without documents."""
+        if not messages:
+            raise UsageError("messages is empty")
+        reserve = self._reserve(max_tokens)
+        prompt_ids = self.engine.encode_chat(list(messages))
+        yield from self._generate(prompt_ids, [], [], reserve, temperature, should_stop)
+
+    def _reserve(self, max_tokens: int | None) -> int:
+        if max_tokens is None:
+            return self.answer_tokens
+        if not 0 < max_tokens < self.context_tokens:
+            raise UsageError(
+                f"max_tokens = {max_tokens}: use 1 to {self.context_tokens - 1} "
+                f"(the context holds {self.context_tokens} tokens)"
+            )
+        return max_tokens
+
+    def _generate(
+        self,
+        prompt_ids: list[int],
+        kept: list[Passage],
+        dropped: list[str],
+        max_tokens: int,
+        temperature: float | None,
+        should_stop: Callable[[], bool],
+    ) -> Iterator[Delta | Answer]:
         generation: Generation | None = None
         for item in self.engine.stream(
             prompt_ids,
-            max_tokens=self.answer_tokens,
+            max_tokens=max_tokens,
             context_tokens=self.context_tokens,
-            temperature=self.temperature,
+            temperature=self.temperature if temperature is None else temperature,
             should_stop=should_stop,
         ):
             if isinstance(item, Delta):
@@ -80,7 +136,8 @@ class Answerer:
                 ttft_s=generation.ttft_s,
                 tokens_per_s=generation.tokens_per_s,
             ),
-            dropped=[p.chunk_id for p in passages[len(kept) :]],
+            dropped=dropped,
+            finish_reason=generation.finish_reason,
         )
 
     def ask(self, question: str, collection: str, k: int) -> Answer:

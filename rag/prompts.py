@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rag.records import Passage
+
+# A chat turn as chat templates take it: {"role": "user" | "assistant" | "system", "content"}.
+Message = dict[str, str]
 
 SYSTEM_PROMPT = (
     "You answer questions about the user's documents. Use only the numbered sources in the "
@@ -19,10 +24,14 @@ def format_source(n: int, passage: Passage) -> str:
     return f'<source id="{n}" from="{where}">\n{passage.text.strip()}\n</source>'
 
 
-def build_messages(question: str, passages: list[Passage]) -> list[dict[str, str]]:
+def build_messages(
+    question: str, passages: list[Passage], history: Sequence[Message] = ()
+) -> list[Message]:
+    """System prompt, the earlier turns, then the sources and the question as the last turn."""
     sources = "\n\n".join(format_source(n, p) for n, p in enumerate(passages, start=1))
     user = f"{sources}\n\nQuestion: {question.strip()}" if passages else question.strip()
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
+        *history,
         {"role": "user", "content": user},
     ]

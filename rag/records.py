@@ -74,6 +74,8 @@ class Answer:
     usage: Usage = field(default_factory=lambda: Usage(0, 0, 0.0, 0.0))
     # Passages retrieved but left out because the context budget was full.
     dropped: list[str] = field(default_factory=list)
+    # "stop" (the model ended its turn), "length" (the token limit) or "cancelled".
+    finish_reason: str = "stop"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

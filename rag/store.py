@@ -194,6 +194,14 @@ class Store:
     def count_chunks(self, collection: str) -> int:
         return sum(d.chunks for d in self.documents(collection).values())
 
+    def collections(self) -> list[str]:
+        """Names of the collections that hold at least one chunk."""
+        table = self._table()
+        if table is None:
+            return []
+        names = table.search().select(["collection"]).limit(None).to_arrow()["collection"]
+        return sorted(set(names.to_pylist()))
+
 
 def _to_arrow(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     import pyarrow as pa

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from rag.config import EmbeddingSettings, LlmSettings, Settings, StorageSettings
@@ -79,3 +83,44 @@ def sample_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # Short greedy answers keep generation tests to seconds on a 2-core CPU.
 FAST_LLM_ENV = {"RAG_LLM_ANSWER_TOKENS": "24", "RAG_RETRIEVAL_K": "2"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(sample_data_dir: Path) -> Iterator[str]:
+    """`rag serve` on the sample index, in its own process; yields its base URL."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(RAG), "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=rag_env(sample_data_dir, **FAST_LLM_ENV),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        saw_not_ready = False
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                    break
+                saw_not_ready = True
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError("rag serve did not become ready in 120 s")
+        # /health answers while the models load; /ready said 503 until they were in.
+        assert saw_not_ready
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

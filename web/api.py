@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Annotated, Any
 
 import msgspec
@@ -13,7 +12,7 @@ from litestar import Request, get, post
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 
 from rag.errors import RagError, UsageError
-from rag.records import Answer, Delta
+from rag.records import Delta
 from web.models import ModelHost
 
 MAX_K = 50
@@ -70,40 +69,39 @@ async def ask(
     return Response(answer.to_json())
 
 
+class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    query: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_QUESTION_CHARS)]
+    collection: str | None = None
+    k: Annotated[int, msgspec.Meta(ge=1, le=MAX_K)] | None = None
+
+
+@post("/api/search", status_code=200, summary="The passages that best match a query")
+async def search(request: Request[Any, Any, Any], data: SearchRequest) -> dict[str, Any]:
+    host = _host(request)
+    answerer = host.require()
+    collection = data.collection or host.settings.storage.collection
+    hits = await host.run(
+        answerer.search, data.query, collection, data.k or host.settings.retrieval.k
+    )
+    return {"hits": [{"n": n, **asdict(h)} for n, h in enumerate(hits, start=1)]}
+
+
 async def _stream_events(
     host: ModelHost, question: str, collection: str, k: int
 ) -> AsyncIterator[ServerSentEventMessage]:
-    """`token` events as the model writes, then `done` (or `error`) with the full result.
-
-    Generation runs on the model thread and hands items over through a queue; when the client
-    goes away this generator is closed and the flag stops generation at the next token.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Delta | Answer | RagError | None] = asyncio.Queue()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in host.require().stream(question, collection, k, should_stop=stop.is_set):
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RagError as e:
-            loop.call_soon_threadsafe(queue.put_nowait, e)
-        finally:
-            loop.call_soon_threadsafe(queue.put_nowait, None)
-
-    task = asyncio.ensure_future(host.run(produce))
+    """`token` events as the model writes, then `done` (or `error`) with the full result."""
+    answerer = host.require()
     try:
-        while (item := await queue.get()) is not None:
+        async for item in host.iterate(
+            lambda stop: answerer.stream(question, collection, k, should_stop=stop)
+        ):
             if isinstance(item, Delta):
                 yield ServerSentEventMessage(event="token", data=json.dumps(item.text))
-            elif isinstance(item, Answer):
-                yield ServerSentEventMessage(event="done", data=json.dumps(item.to_json()))
             else:
-                error = {"type": type(item).__name__, "message": item.message}
-                yield ServerSentEventMessage(event="error", data=json.dumps({"error": error}))
-    finally:
-        stop.set()
-        await asyncio.shield(task)
+                yield ServerSentEventMessage(event="done", data=json.dumps(item.to_json()))
+    except RagError as e:
+        error = {"type": type(e).__name__, "message": e.message}
+        yield ServerSentEventMessage(event="error", data=json.dumps({"error": error}))
 
 
 def error_response(_: Request[Any, Any, Any], exc: RagError) -> Response[dict[str, Any]]:

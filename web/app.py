@@ -13,8 +13,9 @@ from litestar.response import File
 
 from rag.config import Settings
 from rag.errors import RagError
-from web.api import ask, error_response, health, ready
+from web.api import ask, error_response, health, ready, search
 from web.models import ModelHost
+from web.openai_api import chat_completions, embeddings, list_models
 
 STATIC = Path(__file__).parent / "static"
 
@@ -37,7 +38,16 @@ def create_app(settings: Settings) -> Litestar:
             host.close()
 
     return Litestar(
-        route_handlers=[index, health, ready, ask],
+        route_handlers=[
+            index,
+            health,
+            ready,
+            ask,
+            search,
+            chat_completions,
+            embeddings,
+            list_models,
+        ],
         lifespan=[lifespan],
         exception_handlers={RagError: error_response},
         # The JSON document only: the interactive renderers load scripts from public CDNs.

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rag.answer import Answerer, load_answerer
 from rag.config import Settings
@@ -58,6 +59,41 @@ class ModelHost:
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn(*args)` on the model thread and await its result."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def iterate(
+        self, make_items: Callable[[Callable[[], bool]], Iterator[T]]
+    ) -> AsyncIterator[T]:
+        """Run a generator on the model thread and yield its items here as they come.
+
+        `make_items` receives a `should_stop` callable. When the consumer stops early (the
+        client went away), it turns true and generation ends at the next token, freeing the
+        model thread. An exception in the generator is raised here.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for item in make_items(stop.is_set):
+                    loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
+            except BaseException as e:  # handed to the consumer, which re-raises it
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
+
+        task = asyncio.ensure_future(self.run(produce))
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "end":
+                    break
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            stop.set()
+            await asyncio.shield(task)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
