@@ -10,7 +10,7 @@ ifeq ($(shell uname -s),Linux)
 PLATFORM_PACKAGES := torch==2.13.0 'mlx[cpu]>=0.32.4'
 endif
 
-.PHONY: install demo test lint clean
+.PHONY: install browser demo test lint clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,14 @@ demo: install
 	$(BIN)/rag ingest samples/
 	$(BIN)/rag serve
 
-test: install
+# The browser tests drive Debian's Chromium; install it when missing (root on Linux).
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(uname -s)" != Linux ] || \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "note: install chromium (apt-get install chromium) to run the browser tests"; fi
+
+test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
