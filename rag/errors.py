@@ -52,9 +52,17 @@ class InsufficientMemoryError(RagError):
 
 
 class ParseError(RagError):
-    """A document could not be read; the batch goes on without it."""
+    """A document could not be read; the batch goes on without it.
+
+    `reason` is a stable one-word class for reports: malformed, encrypted, limit, binary,
+    too_large, timeout, memory, crashed, no_text, unreadable.
+    """
 
     http_status = 422
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class StoreError(RagError):
@@ -73,3 +81,33 @@ class ContextOverflowError(RagError):
     """A request cannot fit the planned context even with every passage dropped."""
 
     http_status = 413
+
+
+class OverloadedError(RagError):
+    """Too many requests are waiting for the models; retry later."""
+
+    http_status = 503
+
+
+class DeadlineError(RagError):
+    """A request ran past its time limit and was stopped."""
+
+    http_status = 504
+
+
+class AuthError(RagError):
+    """The request carries no valid API key."""
+
+    http_status = 401
+
+
+class ForbiddenError(RagError):
+    """The API key is valid but not for what was asked."""
+
+    http_status = 403
+
+
+class RateLimitedError(RagError):
+    """The API key sent more requests than its rate allows."""
+
+    http_status = 429

@@ -1,26 +1,38 @@
 """The index: one LanceDB table of chunks with their vectors, under the data dir.
 
 All collections share the table; every read and write filters on the `collection` column
-with expression objects, never with request text pasted into SQL. Each document's chunks are
-replaced in one commit, so a reader never sees half a document.
+with expression objects, never with request text pasted into SQL. Each write (a batch of
+whole documents, or a removal) is one commit, so a reader never sees half a document, and
+every write happens under the data dir's writer lock (rag.writelock).
+
+The embedding model's name and dimension live in the table's schema metadata; opening the
+index with another model is refused. `rag ingest --reembed` builds a new table beside the
+active one and switches the `active-table` pointer file only when the new one is complete.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rag.chunkrows import DocumentWrite, check_schema, chunk_rows, chunk_schema, to_arrow
 from rag.errors import StoreError
 from rag.records import Chunk, Passage
+from rag.writelock import write_lock
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
 TABLE = "chunks"
+POINTER_FILE = "active-table"
+FTS_INDEX = "text_idx"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,57 +42,92 @@ class StoredDocument:
     doc_hash: str
     pipeline: str
     chunks: int
+    path: str = ""  # absolute path of the file at ingest time
+    pages: int = 0  # distinct PDF pages with chunks (0 for other formats)
 
 
 class Store:
-    def __init__(self, db: Any, embedding_model: str, dim: int) -> None:
+    def __init__(
+        self,
+        db: Any,
+        data_path: Path,
+        embedding_model: str | None,
+        dim: int,
+        *,
+        lock_wait_s: float = 600.0,
+        keep_versions_s: float = 86400.0,
+        read_consistency_s: float | None = None,
+    ) -> None:
         self._db = db
+        self.data_path = data_path
         self.embedding_model = embedding_model
         self.dim = dim
+        self.lock_wait_s = lock_wait_s
+        self.keep_versions_s = keep_versions_s
+        self._read_consistency_s = read_consistency_s
         self._opened: Any | None = None
+        self._opened_name = ""
+        self._pointer_checked = 0.0
 
-    def _table(self, create: bool = False) -> Any | None:
+    # -- tables ---------------------------------------------------------------------------
+
+    def active_table_name(self) -> str:
+        try:
+            return (self.data_path / POINTER_FILE).read_text().strip() or TABLE
+        except FileNotFoundError:
+            return TABLE
+        except OSError as e:
+            raise StoreError(f"cannot read {self.data_path / POINTER_FILE}: {e}") from e
+
+    def _table(self, create: bool = False, check: bool = True) -> Any | None:
+        self._follow_pointer()
         if self._opened is None:
+            name = self.active_table_name()
             try:
-                self._opened = self._db.open_table(TABLE)
+                self._opened = self._db.open_table(name)
             except ValueError:  # LanceDB's "Table 'chunks' was not found"
                 if not create:
                     return None
-                self._opened = self._db.create_table(TABLE, schema=self._schema(), exist_ok=True)
+                if self.embedding_model is None:
+                    raise StoreError("cannot create the index without an embedding model") from None
+                schema = chunk_schema(self.embedding_model, self.dim)
+                self._opened = self._db.create_table(name, schema=schema, exist_ok=True)
+            self._opened_name = name
+        if check:
             self._check_model(self._opened.schema)
         return self._opened
 
-    def _schema(self) -> pa.Schema:
-        import pyarrow as pa
-
-        return pa.schema(
-            [
-                pa.field("chunk_id", pa.string(), nullable=False),
-                pa.field("doc_id", pa.string(), nullable=False),
-                pa.field("collection", pa.string(), nullable=False),
-                pa.field("source", pa.string(), nullable=False),
-                pa.field("page", pa.int32()),
-                pa.field("heading", pa.string()),
-                pa.field("text", pa.string()),
-                pa.field("char_start", pa.int64()),
-                pa.field("char_end", pa.int64()),
-                pa.field("chunk_index", pa.int32()),
-                pa.field("doc_hash", pa.string()),
-                pa.field("pipeline", pa.string()),
-                pa.field("vector", pa.list_(pa.float32(), self.dim)),
-            ],
-            metadata={"embedding_model": self.embedding_model, "embedding_dim": str(self.dim)},
-        )
+    def _follow_pointer(self) -> None:
+        """Reopen when --reembed switched tables under a long-lived reader (the web app)."""
+        if self._opened is None or self._read_consistency_s is None:
+            return
+        now = time.monotonic()
+        if now - self._pointer_checked < self._read_consistency_s:
+            return
+        self._pointer_checked = now
+        if self.active_table_name() != self._opened_name:
+            self._opened = None
 
     def _check_model(self, schema: pa.Schema) -> None:
-        meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
-        stored = (meta.get("embedding_model"), meta.get("embedding_dim"))
-        if stored != (self.embedding_model, str(self.dim)):
-            raise StoreError(
-                f"the index was built with embedding model {stored[0]} ({stored[1]}-d) but "
-                f"embedding.model is {self.embedding_model} ({self.dim}-d); set embedding.model "
-                "back, or use a new storage.data_dir and ingest again"
-            )
+        check_schema(schema, self.embedding_model, self.dim)
+
+    def table_version(self) -> int:
+        """The active table's version (0 when there is none); every commit adds one."""
+        table = self._table(check=False)
+        if table is None:
+            return 0
+        table.checkout_latest()
+        return int(table.version)
+
+    def stored_model(self) -> tuple[str, int] | None:
+        """(model, dim) the active table was built with, or None when there is no table."""
+        table = self._table(check=False)
+        if table is None:
+            return None
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        return meta.get("embedding_model", "?"), int(meta.get("embedding_dim", "0"))
+
+    # -- reading --------------------------------------------------------------------------
 
     def documents(self, collection: str) -> dict[str, StoredDocument]:
         """Every stored document of a collection, by doc_id."""
@@ -92,77 +139,40 @@ class Store:
         rows = (
             table.search()
             .where(col("collection") == lit(collection))
-            .select(["doc_id", "source", "doc_hash", "pipeline"])
+            .select(["doc_id", "source", "doc_hash", "pipeline", "path", "page"])
             .limit(None)
             .to_arrow()
             .to_pylist()
         )
-        found: dict[str, StoredDocument] = {}
+        counts: dict[str, int] = {}
+        pages: dict[str, set[int]] = {}
+        first: dict[str, dict[str, Any]] = {}
         for row in rows:
-            doc = found.get(row["doc_id"])
-            count = doc.chunks + 1 if doc else 1
-            found[row["doc_id"]] = StoredDocument(
-                row["doc_id"], row["source"], row["doc_hash"], row["pipeline"], count
+            doc_id = row["doc_id"]
+            first.setdefault(doc_id, row)
+            counts[doc_id] = counts.get(doc_id, 0) + 1
+            if row["page"] is not None:
+                pages.setdefault(doc_id, set()).add(row["page"])
+        return {
+            doc_id: StoredDocument(
+                doc_id,
+                row["source"],
+                row["doc_hash"],
+                row["pipeline"],
+                counts[doc_id],
+                row["path"] or "",
+                len(pages.get(doc_id, ())),
             )
-        return found
+            for doc_id, row in first.items()
+        }
 
-    def replace_document(
-        self,
-        collection: str,
-        doc_id: str,
-        doc_hash: str,
-        pipeline: str,
-        chunks: Sequence[Chunk],
-        vectors: np.ndarray,
-    ) -> None:
-        """Write a document's chunks and delete its stale ones, in one commit."""
-        from lancedb.expr import col, lit
-
-        rows = [
-            {
-                "chunk_id": c.chunk_id,
-                "doc_id": doc_id,
-                "collection": collection,
-                "source": c.source,
-                "page": c.page,
-                "heading": c.heading,
-                "text": c.text,
-                "char_start": c.char_start,
-                "char_end": c.char_end,
-                "chunk_index": c.index,
-                "doc_hash": doc_hash,
-                "pipeline": pipeline,
-                "vector": vector.tolist(),
-            }
-            for c, vector in zip(chunks, vectors, strict=True)
-        ]
-        table = self._table(create=True)
-        try:
-            (
-                table.merge_insert("chunk_id")
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .when_not_matched_by_source_delete(
-                    (col("doc_id") == lit(doc_id)) & (col("collection") == lit(collection))
-                )
-                .execute(_to_arrow(rows, table.schema))
-            )
-        except (OSError, RuntimeError, ValueError) as e:
-            raise StoreError(f"writing {chunks[0].source if chunks else doc_id}: {e}") from e
-
-    def delete_documents(self, collection: str, doc_ids: Iterable[str]) -> int:
-        from lancedb.expr import col, lit
-
+    def collections(self) -> list[str]:
+        """Names of the collections that hold at least one chunk."""
         table = self._table()
         if table is None:
-            return 0
-        deleted = 0
-        for doc_id in doc_ids:
-            result = table.delete(
-                (col("doc_id") == lit(doc_id)) & (col("collection") == lit(collection))
-            )
-            deleted += result.num_deleted_rows
-        return deleted
+            return []
+        column = table.search().select(["collection"]).limit(None).to_arrow()["collection"]
+        return sorted(set(column.to_pylist()))
 
     def search(self, collection: str, vector: np.ndarray, k: int) -> list[Passage]:
         from lancedb.expr import col, lit
@@ -191,31 +201,193 @@ class Store:
             for r in rows
         ]
 
+    def row_count(self) -> int:
+        """Chunks in the active table, all collections, whatever model built it."""
+        table = self._table(check=False)
+        return 0 if table is None else int(table.count_rows())
+
     def count_chunks(self, collection: str) -> int:
         return sum(d.chunks for d in self.documents(collection).values())
 
-    def collections(self) -> list[str]:
-        """Names of the collections that hold at least one chunk."""
-        table = self._table()
+    def scan(
+        self, columns: Sequence[str], batch_rows: int = 4096
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every row of the active table in batches, whatever model built it (for rebuilds)."""
+        table = self._table(check=False)
         if table is None:
-            return []
-        names = table.search().select(["collection"]).limit(None).to_arrow()["collection"]
-        return sorted(set(names.to_pylist()))
+            return
+        present = [c for c in columns if c in table.schema.names]
+        reader = table.search().select(present).limit(None).to_batches(batch_rows)
+        for batch in reader:
+            yield batch.to_pylist()
+
+    # -- writing (each under the writer lock, one commit each) ----------------------------
+
+    @contextlib.contextmanager
+    def writer(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the index's writer lock; nested writes in this process don't wait again."""
+        with write_lock(self.data_path, self.lock_wait_s, on_wait):
+            yield
+
+    def write_documents(self, collection: str, docs: Sequence[DocumentWrite]) -> None:
+        """Replace the chunks of each document with its new ones, all in one commit."""
+        from lancedb.expr import col, lit
+
+        if not docs:
+            return
+        rows = [row for doc in docs for row in chunk_rows(collection, doc)]
+        ids = [doc.doc_id for doc in docs]
+        with self.writer():
+            table = self._table(create=True)
+            try:
+                (
+                    table.merge_insert("chunk_id")
+                    .when_matched_update_all()
+                    .when_not_matched_insert_all()
+                    .when_not_matched_by_source_delete(
+                        col("doc_id").isin(ids) & (col("collection") == lit(collection))
+                    )
+                    .execute(to_arrow(rows, table.schema))
+                )
+            except (OSError, RuntimeError, ValueError) as e:
+                names = ", ".join(c.source for d in docs[:3] for c in d.chunks[:1])
+                raise StoreError(f"writing {names}: {e}") from e
+
+    def replace_document(
+        self,
+        collection: str,
+        doc_id: str,
+        doc_hash: str,
+        pipeline: str,
+        chunks: Sequence[Chunk],
+        vectors: np.ndarray,
+    ) -> None:
+        """Write one document's chunks and delete its stale ones, in one commit."""
+        self.write_documents(
+            collection, [DocumentWrite(doc_id, doc_hash, pipeline, "", chunks, vectors)]
+        )
+
+    def delete_documents(self, collection: str, doc_ids: Iterable[str]) -> int:
+        """Remove documents with all their chunks, in one commit; returns chunks removed."""
+        from lancedb.expr import col, lit
+
+        ids = sorted(set(doc_ids))
+        if not ids:
+            return 0
+        with self.writer():
+            table = self._table()
+            if table is None:
+                return 0
+            try:
+                result = table.delete(
+                    col("doc_id").isin(ids) & (col("collection") == lit(collection))
+                )
+            except (OSError, RuntimeError, ValueError) as e:
+                raise StoreError(f"removing {len(ids)} document(s): {e}") from e
+            return int(result.num_deleted_rows)
+
+    def maintain(self, wrote: bool) -> bool:
+        """Keep the full-text index current and fragments and versions bounded.
+
+        After a run that wrote: build the FTS index if missing, else fold new rows into it,
+        compact and prune versions older than keep_versions_s. A run that wrote nothing
+        changes nothing unless a crash left the index missing or behind. Returns whether it
+        wrote.
+        """
+        from lancedb.index import FTS
+
+        with self.writer():
+            self._drop_stale_tables()
+            table = self._table()
+            if table is None or table.count_rows() == 0:
+                return False
+            indexed = {i.name for i in table.list_indices()}
+            behind = FTS_INDEX in indexed and table.index_stats(FTS_INDEX).num_unindexed_rows > 0
+            if not wrote and FTS_INDEX in indexed and not behind:
+                return False
+            try:
+                if FTS_INDEX not in indexed:
+                    table.create_index("text", config=FTS(), name=FTS_INDEX)
+                table.optimize(cleanup_older_than=timedelta(seconds=self.keep_versions_s))
+            except (OSError, RuntimeError, ValueError) as e:
+                raise StoreError(f"maintaining the index: {e}") from e
+            return True
+
+    # -- rebuilding with another model ----------------------------------------------------
+
+    def build_table(self, model: str, dim: int, batches: Iterable[list[dict[str, Any]]]) -> int:
+        """Write `batches` of rows into a new table; make it the active one when complete.
+
+        A crash before the switch leaves the old table active and untouched; the half-built
+        one is dropped by the next maintain() or build_table().
+        """
+        from lancedb.index import FTS
+
+        with self.writer():
+            self._drop_stale_tables()
+            name = f"{TABLE}-{time.time_ns()}"
+            schema = chunk_schema(model, dim)
+            try:
+                table = self._db.create_table(name, schema=schema)
+                rows = 0
+                for batch in batches:
+                    if batch:
+                        table.add(to_arrow(batch, schema))
+                        rows += len(batch)
+                if rows:
+                    table.create_index("text", config=FTS(), name=FTS_INDEX)
+                    table.optimize()
+            except (OSError, RuntimeError, ValueError) as e:
+                raise StoreError(f"building the new index table: {e}") from e
+            old = self.active_table_name()
+            _replace_file(self.data_path / POINTER_FILE, name)
+            self._opened = None
+            self.embedding_model, self.dim = model, dim
+            with contextlib.suppress(Exception):  # a reader may still hold it; retried later
+                self._db.drop_table(old)
+            return rows
+
+    def _drop_stale_tables(self) -> None:
+        active = self.active_table_name()
+        for name in self._table_names():
+            if name != active and (name == TABLE or name.startswith(f"{TABLE}-")):
+                with contextlib.suppress(Exception):
+                    self._db.drop_table(name)
+
+    def _table_names(self) -> list[str]:
+        listing = self._db.list_tables()
+        return list(getattr(listing, "tables", listing))
 
 
-def _to_arrow(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    import pyarrow as pa
-
-    return pa.Table.from_pylist(rows, schema=schema)
+def _replace_file(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a crash leaves either the old or the new content."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def open_store(
-    data_path: Path, embedding_model: str, dim: int, read_consistency_s: float | None = None
+    data_path: Path,
+    embedding_model: str | None,
+    dim: int,
+    read_consistency_s: float | None = None,
+    *,
+    lock_wait_s: float = 600.0,
+    keep_versions_s: float = 86400.0,
 ) -> Store:
     """Open (creating the directory if needed) the index under `data_path`.
 
     `read_consistency_s` makes a long-lived reader (the web service) see writes made by other
     processes (`rag ingest`) within that many seconds; None reads the state at open time.
+    `embedding_model` None opens whatever model built the index, for listing and removing.
     """
     import lancedb
 
@@ -225,4 +397,12 @@ def open_store(
         db = lancedb.connect(data_path / "lancedb", read_consistency_interval=interval)
     except OSError as e:
         raise StoreError(f"cannot open the index at {data_path}: {e}") from e
-    return Store(db, embedding_model, dim)
+    return Store(
+        db,
+        data_path,
+        embedding_model,
+        dim,
+        lock_wait_s=lock_wait_s,
+        keep_versions_s=keep_versions_s,
+        read_consistency_s=read_consistency_s,
+    )

@@ -91,36 +91,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str]:
+    """Start `rag serve` on a free port; return the process and its base URL once ready."""
+    port = _free_port()
+    log = data_dir / f"serve-{port}.log"
+    with log.open("w") as out:  # a file, not a pipe: nobody drains a pipe during the tests
+        proc = subprocess.Popen(
+            [str(RAG), "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=rag_env(data_dir, **env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    saw_not_ready = False
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            status = httpx.get(f"{base}/ready", timeout=2).status_code
+        except httpx.TransportError:
+            status = 0
+        if status == 200:
+            # /ready said 503 while the models loaded, and only then 200.
+            assert saw_not_ready
+            return proc, base
+        saw_not_ready = saw_not_ready or status == 503
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(f"rag serve did not become ready in 120 s:\n{log.read_text()}")
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def server(sample_data_dir: Path) -> Iterator[str]:
     """`rag serve` on the sample index, in its own process; yields its base URL."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(RAG), "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=rag_env(sample_data_dir, **FAST_LLM_ENV),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_server(sample_data_dir, **FAST_LLM_ENV)
     try:
-        deadline = time.monotonic() + 120
-        saw_not_ready = False
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-                saw_not_ready = True
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        else:
-            raise AssertionError("rag serve did not become ready in 120 s")
-        # /health answers while the models load; /ready said 503 until they were in.
-        assert saw_not_ready
         yield base
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_server(proc)

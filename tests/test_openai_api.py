@@ -124,3 +124,29 @@ def test_curl_gets_float_embeddings_and_a_completion(server: str) -> None:
     )
     assert done["object"] == "chat.completion"
     assert done["citations"][0]["source"] == "samples/onboarding.md"
+
+
+def test_a_client_that_disconnects_stops_its_generation(server: str) -> None:
+    import time
+
+    import httpx
+
+    llm = next(
+        m["id"]
+        for m in httpx.get(f"{server}/v1/models").json()["data"]
+        if m["id"].startswith("SmolLM2")
+    )
+    body = {
+        "model": llm,
+        "stream": True,
+        "max_tokens": 400,  # about 45 s of decoding on a 2-core CPU if it ran to the end
+        "messages": [{"role": "user", "content": "Write a very long story about a lighthouse."}],
+    }
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=120) as r:
+        for line in r.iter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                break  # the first real token: hang up now
+    gone = time.monotonic()
+    while "rag_queue_depth 0.0" not in httpx.get(f"{server}/metrics").text:
+        assert time.monotonic() - gone < 10, "generation went on after the client left"
+        time.sleep(0.2)

@@ -56,6 +56,14 @@ def test_ask_streams_the_answer_and_opens_a_citation(page, tmp_path: Path) -> No
     page.screenshot(path=str(ARTIFACTS / "ui-answer.png"), full_page=True)
 
 
+def test_status_panel_shows_the_doctor_checks(page) -> None:
+    page.click("#health summary")
+    page.wait_for_selector("#checks li", timeout=60_000)
+    text = page.inner_text("#checks")
+    assert "model fit" in text and "mlx backend" in text
+    page.screenshot(path=str(ARTIFACTS / "ui-status.png"), full_page=True)
+
+
 def test_model_output_and_documents_render_as_inert_text(page) -> None:
     hostile = (
         "<img src=x onerror=\"document.title='owned'\"><script>document.title='owned'</script>"

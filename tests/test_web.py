@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
+
+from .conftest import FAST_LLM_ENV, start_server, stop_server
 
 
 def test_health_ready_and_openapi(server: str) -> None:
@@ -73,3 +76,71 @@ def test_ui_page_is_served_without_remote_assets(server: str) -> None:
     assert page.headers["content-type"].startswith("text/html")
     assert "/api/ask" in page.text
     assert "http://" not in page.text and "https://" not in page.text
+
+
+def test_metrics_count_requests_tokens_and_latency(server: str) -> None:
+    httpx.post(
+        f"{server}/api/ask", json={"question": "What is the company wiki called?"}, timeout=180
+    ).raise_for_status()
+    text = httpx.get(f"{server}/metrics").text
+    assert 'rag_tokens_total{collection="default",direction="completion",key="anonymous"}' in text
+    assert "rag_time_to_first_token_seconds_count" in text
+    assert "rag_decode_tokens_per_second_bucket" in text
+    assert "rag_queue_depth 0.0" in text
+    assert 'rag_requests_total{app_name="rag",method="POST",path="/api/ask"' in text
+
+
+def test_full_queue_is_503_with_retry_after_and_deadline_is_504(
+    sample_data_dir: Path,
+) -> None:
+    proc, base = start_server(
+        sample_data_dir,
+        RAG_SERVER_MAX_QUEUE="1",
+        RAG_SERVER_REQUEST_TIMEOUT_S="3",
+        **FAST_LLM_ENV,
+    )
+    try:
+        body = {"question": "How many vacation days do employees get?", "stream": True}
+        with httpx.stream("POST", f"{base}/api/ask", json=body, timeout=180) as first:
+            assert first.status_code == 200
+            second = httpx.post(f"{base}/api/ask", json=body, timeout=30)
+            assert second.status_code == 503
+            assert second.headers["retry-after"]
+            assert "server.max_queue = 1" in second.json()["error"]["message"]
+            events = list(first.iter_lines())
+        # The 3 s deadline stopped the first generation; its result says so.
+        done = json.loads(events[events.index("event: done") + 1].removeprefix("data: "))
+        assert done["finish_reason"] == "cancelled"
+        late = httpx.post(f"{base}/api/ask", json={**body, "stream": False}, timeout=180)
+        assert late.status_code == 504
+        assert "server.request_timeout_s = 3" in late.json()["error"]["message"]
+        assert "rag_queue_depth 0.0" in httpx.get(f"{base}/metrics").text
+    finally:
+        stop_server(proc)
+
+
+def test_foreign_host_headers_and_origins_are_refused(server: str) -> None:
+    # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends its own Host.
+    assert httpx.get(f"{server}/health", headers={"host": "evil.example"}).status_code == 400
+    assert httpx.get(f"{server}/health", headers={"host": "localhost"}).status_code == 200
+    preflight = httpx.options(
+        f"{server}/api/ask",
+        headers={"origin": "http://evil.example", "access-control-request-method": "POST"},
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_plan_endpoint_matches_rag_plan(server: str) -> None:
+    plan = httpx.get(f"{server}/api/plan", timeout=60).json()
+    assert plan["configured"]["fits"] is True
+    assert plan["hardware"]["backend"] in ("cpu", "cuda", "metal")
+    assert plan["budget_bytes"] > plan["configured"]["weights_bytes"]
+    assert len(plan["models"]) >= 20
+
+
+def test_doctor_endpoint_runs_the_same_checks(server: str) -> None:
+    result = httpx.get(f"{server}/api/doctor", timeout=60).json()
+    names = {c["name"] for c in result["checks"]}
+    assert {"mlx backend", "model fit", "disk", "port"} <= names
+    port = next(c for c in result["checks"] if c["name"] == "port")
+    assert port["status"] == "ok"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -12,7 +13,8 @@ from litestar import Request, get, post
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 
 from rag.errors import RagError, UsageError
-from rag.records import Delta
+from rag.records import Answer, Delta
+from web.auth import Caller
 from web.models import ModelHost
 
 MAX_K = 50
@@ -38,9 +40,11 @@ async def health() -> dict[str, str]:
 @get("/ready", summary="Readiness: 200 once the models are loaded, 503 before")
 async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     host = _host(request)
+    auth = bool(request.app.state.keyring.keys())
     if host.answerer is None:
         reason = host.load_error or "loading models"
-        return Response({"status": "not ready", "reason": reason}, status_code=503)
+        body = {"status": "not ready", "reason": reason, "auth": auth}
+        return Response(body, status_code=503)
     answerer = host.answerer
     return Response(
         {
@@ -48,25 +52,51 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
             "llm": answerer.engine.name,
             "embedding_model": answerer.embedder.name,
             "context_tokens": answerer.context_tokens,
+            "auth": auth,
         }
     )
 
 
 @post("/api/ask", status_code=200, summary="Answer a question from the documents, with citations")
 async def ask(
-    request: Request[Any, Any, Any], data: AskRequest
+    request: Request[Any, Any, Any], data: AskRequest, caller: Caller
 ) -> Response[dict[str, Any]] | ServerSentEvent:
     host = _host(request)
     answerer = host.require()
     if not data.question.strip():
         raise UsageError("question is empty")
     settings = host.settings
-    collection = data.collection or settings.storage.collection
+    collection = caller.require(data.collection or settings.storage.collection)
     k = data.k or settings.retrieval.k
     if data.stream:
-        return ServerSentEvent(_stream_events(host, data.question, collection, k))
-    answer = await host.run(answerer.ask, data.question, collection, k)
+        items = host.iterate(
+            lambda stop: answerer.stream(data.question, collection, k, should_stop=stop),
+            collection,
+            caller.name,
+        )
+        return ServerSentEvent(_stream_events(items))
+    answer = await host.answer(
+        lambda stop: answerer.stream(data.question, collection, k, should_stop=stop),
+        collection,
+    )
     return Response(answer.to_json())
+
+
+@get("/api/plan", summary="The memory plan: machine, model, context, what fits and why")
+async def memory_plan(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    from rag.sizing import size_machine
+
+    # Reads model metadata from disk: off the event loop, but not on the busy model thread.
+    sizing = await asyncio.to_thread(size_machine, _host(request).settings)
+    return sizing.to_json()
+
+
+@get("/api/doctor", summary="The `rag doctor` checks: status, evidence and fix of each")
+async def doctor(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    from rag.doctor import checks_to_json, run_checks
+
+    checks = await asyncio.to_thread(run_checks, _host(request).settings)
+    return checks_to_json(checks)
 
 
 class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -76,10 +106,12 @@ class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @post("/api/search", status_code=200, summary="The passages that best match a query")
-async def search(request: Request[Any, Any, Any], data: SearchRequest) -> dict[str, Any]:
+async def search(
+    request: Request[Any, Any, Any], data: SearchRequest, caller: Caller
+) -> dict[str, Any]:
     host = _host(request)
     answerer = host.require()
-    collection = data.collection or host.settings.storage.collection
+    collection = caller.require(data.collection or host.settings.storage.collection)
     hits = await host.run(
         answerer.search, data.query, collection, data.k or host.settings.retrieval.k
     )
@@ -87,14 +119,11 @@ async def search(request: Request[Any, Any, Any], data: SearchRequest) -> dict[s
 
 
 async def _stream_events(
-    host: ModelHost, question: str, collection: str, k: int
+    items: AsyncIterator[Delta | Answer],
 ) -> AsyncIterator[ServerSentEventMessage]:
     """`token` events as the model writes, then `done` (or `error`) with the full result."""
-    answerer = host.require()
     try:
-        async for item in host.iterate(
-            lambda stop: answerer.stream(question, collection, k, should_stop=stop)
-        ):
+        async for item in items:
             if isinstance(item, Delta):
                 yield ServerSentEventMessage(event="token", data=json.dumps(item.text))
             else:

@@ -7,13 +7,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from litestar import Litestar, get
+from litestar.config.allowed_hosts import AllowedHostsConfig
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.plugins.prometheus import PrometheusController
 from litestar.response import File
 
 from rag.config import Settings
 from rag.errors import RagError
-from web.api import ask, error_response, health, ready, search
+from web.api import ask, doctor, error_response, health, memory_plan, ready, search
+from web.auth import KeyRing, RateLimiter, provide_caller
+from web.metrics import make_prometheus_config
 from web.models import ModelHost
 from web.openai_api import chat_completions, embeddings, list_models
 
@@ -31,12 +37,15 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.models = host
+        app.state.keyring = KeyRing(settings.storage.data_path)
+        app.state.ratelimiter = RateLimiter(settings.server.rate_limit_per_min)
         host.start()
         try:
             yield
         finally:
             host.close()
 
+    prometheus = make_prometheus_config()
     return Litestar(
         route_handlers=[
             index,
@@ -47,12 +56,25 @@ def create_app(settings: Settings) -> Litestar:
             chat_completions,
             embeddings,
             list_models,
+            memory_plan,
+            doctor,
+            PrometheusController,
         ],
+        middleware=[prometheus.middleware],
         lifespan=[lifespan],
+        dependencies={"caller": Provide(provide_caller)},
         exception_handlers={RagError: error_response},
         # The JSON document only: the interactive renderers load scripts from public CDNs.
         openapi_config=OpenAPIConfig(
             title="rag", version="0.1.0", path="/schema", render_plugins=[JsonRenderPlugin()]
         ),
         request_max_body_size=1_000_000,
+        allowed_hosts=AllowedHostsConfig(
+            allowed_hosts=settings.server.allowed_host_list, www_redirect=False
+        ),
+        cors_config=(
+            CORSConfig(allow_origins=settings.server.cors_origin_list)
+            if settings.server.cors_origin_list
+            else None
+        ),
     )

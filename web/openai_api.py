@@ -18,8 +18,9 @@ from litestar import Request, get, post
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 
 from rag.answer import Answerer
-from rag.errors import NotFoundError, UsageError
+from rag.errors import NotFoundError, RagError, UsageError
 from rag.records import Answer, Delta
+from web.auth import Caller
 from web.models import ModelHost
 
 MAX_EMBEDDING_INPUTS = 256
@@ -77,10 +78,10 @@ def _plain_turns(messages: list[ChatMessage]) -> list[dict[str, str]]:
 
 
 @get("/v1/models", summary="Collections (document-grounded) and the plain LLM")
-async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+async def list_models(request: Request[Any, Any, Any], caller: Caller) -> dict[str, Any]:
     host: ModelHost = request.app.state.models
     answerer = host.require()
-    collections = await host.run(answerer.store.collections)
+    collections = caller.visible(await host.run(answerer.store.collections))
     created = int(time.time())
     ids = [*collections, answerer.engine.name, answerer.embedder.name]
     return {
@@ -91,20 +92,21 @@ async def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 @post("/v1/chat/completions", status_code=200, summary="OpenAI chat completions")
 async def chat_completions(
-    request: Request[Any, Any, Any], data: ChatRequest
+    request: Request[Any, Any, Any], data: ChatRequest, caller: Caller
 ) -> Response[dict[str, Any]] | ServerSentEvent:
     host: ModelHost = request.app.state.models
     answerer = host.require()
     max_tokens = data.max_completion_tokens or data.max_tokens
     if data.model == answerer.engine.name:
         turns = _plain_turns(data.messages)
+        collection = ""
 
         def make(stop: Any) -> Iterator[Delta | Answer]:
             return answerer.chat(
                 turns, max_tokens=max_tokens, temperature=data.temperature, should_stop=stop
             )
     else:
-        collection = await _collection(host, answerer, data.model)
+        collection = await _collection(host, answerer, caller, data.model)
         *earlier, last = data.messages
         if last.role != "user" or not _text(last).strip():
             raise UsageError("the last message must be a non-empty user message")
@@ -126,13 +128,11 @@ async def chat_completions(
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     if data.stream:
         include_usage = bool(data.stream_options and data.stream_options.include_usage)
-        chunks = _stream(host, make, completion_id, data.model, include_usage)
+        chunks = _stream(
+            host.iterate(make, collection, caller.name), completion_id, data.model, include_usage
+        )
         return ServerSentEvent(chunks)
-    answer = None
-    async for item in host.iterate(make):
-        if isinstance(item, Answer):
-            answer = item
-    assert answer is not None
+    answer = await host.answer(make, collection, caller.name)
     return Response(
         {
             "id": completion_id,
@@ -152,11 +152,13 @@ async def chat_completions(
     )
 
 
-async def _collection(host: ModelHost, answerer: Answerer, model: str) -> str:
-    if model == host.settings.storage.collection:
-        return model
-    if model in await host.run(answerer.store.collections):
-        return model
+async def _collection(host: ModelHost, answerer: Answerer, caller: Caller, model: str) -> str:
+    # Outside the key's scope reads exactly like a collection that does not exist.
+    if caller.visible([model]):
+        if model == host.settings.storage.collection:
+            return model
+        if model in await host.run(answerer.store.collections):
+            return model
     raise NotFoundError(
         f"model {model!r} is neither a collection nor the LLM; GET /v1/models lists them"
     )
@@ -176,7 +178,7 @@ def _usage(answer: Answer) -> dict[str, int]:
 
 
 async def _stream(
-    host: ModelHost, make: Any, completion_id: str, model: str, include_usage: bool
+    items: AsyncIterator[Delta | Answer], completion_id: str, model: str, include_usage: bool
 ) -> AsyncIterator[ServerSentEventMessage]:
     created = int(time.time())
 
@@ -193,19 +195,27 @@ async def _stream(
         return msgspec.json.encode(body).decode()
 
     yield ServerSentEventMessage(data=chunk({"role": "assistant", "content": ""}))
-    async for item in host.iterate(make):
-        if isinstance(item, Delta):
-            yield ServerSentEventMessage(data=chunk({"content": item.text}))
-            continue
-        citations = item.to_json()["citations"]
-        yield ServerSentEventMessage(data=chunk({}, _finish_reason(item), citations=citations))
-        if include_usage:
-            yield ServerSentEventMessage(data=chunk(None, usage=_usage(item)))
+    try:
+        async for item in items:
+            if isinstance(item, Delta):
+                yield ServerSentEventMessage(data=chunk({"content": item.text}))
+                continue
+            citations = item.to_json()["citations"]
+            yield ServerSentEventMessage(data=chunk({}, _finish_reason(item), citations=citations))
+            if include_usage:
+                yield ServerSentEventMessage(data=chunk(None, usage=_usage(item)))
+    except RagError as e:
+        # The status line is already sent; OpenAI clients raise on an `error` object instead.
+        error = {"type": type(e).__name__, "message": e.message}
+        yield ServerSentEventMessage(data=msgspec.json.encode({"error": error}).decode())
+        return
     yield ServerSentEventMessage(data="[DONE]")
 
 
 @post("/v1/embeddings", status_code=200, summary="OpenAI embeddings with the index's model")
-async def embeddings(request: Request[Any, Any, Any], data: EmbeddingRequest) -> dict[str, Any]:
+async def embeddings(
+    request: Request[Any, Any, Any], data: EmbeddingRequest, caller: Caller
+) -> dict[str, Any]:
     host: ModelHost = request.app.state.models
     embedder = host.require().embedder
     if data.model != embedder.name:

@@ -1,0 +1,103 @@
+"""What an ingest run tells its caller: live Progress while it runs, an IngestReport at the end.
+
+Rates and the ETA are computed here, once, so the CLI's bar, the web UI and any other caller
+of the progress callback show the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class IngestReport:
+    """The `rag ingest --json` object (DESIGN.md); keys after `seconds` are extensions."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    # {"path", "error", "reason"}; reason is one of ParseError's reasons, or "store".
+    failed: list[dict[str, str]] = field(default_factory=list)
+    chunks: int = 0
+    seconds: float = 0.0
+    # Files found but of a kind no parser reads.
+    skipped: list[str] = field(default_factory=list)
+    # PDF pages read (other formats count one page per file) in files that were parsed.
+    pages: int = 0
+    # {"path", "pages": [n, ...]}: PDF pages with no extractable text, likely scans.
+    empty_pages: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fail(self, path: str, message: str, reason: str) -> None:
+        self.failed.append({"path": path, "error": message, "reason": reason})
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    files_done: int
+    files_total: int
+    chunks: int
+    current: str
+    pages: int = 0
+    # "scanning", "parsing", "embedding", "writing", "optimizing", "reembedding" or "done".
+    stage: str = ""
+    elapsed_s: float = 0.0
+    chunks_per_s: float = 0.0
+    eta_s: float | None = None  # None until there is enough to estimate from
+
+
+class ProgressMeter:
+    """Turns counts into Progress events: chunks/s since the first embedding, ETA by bytes.
+
+    Bytes of files still to parse and embed predict remaining time better than file counts,
+    since one manual can outweigh a hundred notes.
+    """
+
+    def __init__(self, on_progress: Callable[[Progress], None] | None, files_total: int) -> None:
+        self.on_progress = on_progress
+        self.files_total = files_total
+        self.files_done = 0
+        self.chunks = 0
+        self.pages = 0
+        # Work to do, in bytes of files to parse and embed (rows to re-embed for a rebuild):
+        # all files' bytes at the start; unchanged files are taken off as they are found.
+        self.work_total = 0
+        self.work_done = 0.0
+        self.started = time.perf_counter()
+        self._work_started: float | None = None
+
+    def start_work(self) -> None:
+        """Mark the first file that has to be parsed and embedded: rates count from here."""
+        if self._work_started is None:
+            self._work_started = time.perf_counter()
+
+    def emit(self, stage: str, current: str = "") -> None:
+        if self.on_progress is None:
+            return
+        now = time.perf_counter()
+        elapsed = now - self.started
+        working = now - self._work_started if self._work_started is not None else 0.0
+        eta = None
+        if stage == "done" or self.work_done >= self.work_total:
+            eta = 0.0
+        elif self.work_done > 0 and working > 0:
+            eta = working / self.work_done * (self.work_total - self.work_done)
+        self.on_progress(
+            Progress(
+                files_done=self.files_done,
+                files_total=self.files_total,
+                chunks=self.chunks,
+                current=current,
+                pages=self.pages,
+                stage=stage,
+                elapsed_s=round(elapsed, 3),
+                chunks_per_s=round(self.chunks / working, 2) if working > 0 else 0.0,
+                eta_s=None if eta is None else round(eta, 1),
+            )
+        )

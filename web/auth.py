@@ -1,0 +1,97 @@
+"""Who is calling: the API key behind a request, its collections, and its request rate."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from litestar import Request
+
+from rag.apikeys import ApiKey, find_key, load_keys
+from rag.errors import AuthError, ForbiddenError, RateLimitedError
+
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    name: str
+    key: ApiKey | None  # None: no keys are configured, the service is loopback-only
+
+    def require(self, collection: str) -> str:
+        """Return the collection if this caller may read it, else raise 403."""
+        if self.key is not None and not self.key.allows(collection):
+            # The same answer whether the collection exists or not: scope reveals nothing.
+            raise ForbiddenError(f"this API key may not read collection {collection!r}")
+        return collection
+
+    def visible(self, collections: list[str]) -> list[str]:
+        return [c for c in collections if self.key is None or self.key.allows(c)]
+
+
+class KeyRing:
+    """The configured keys, re-read when `rag keys` changes the file."""
+
+    def __init__(self, data_path: Path) -> None:
+        self.path = data_path / "keys.json"
+        self._data_path = data_path
+        self._mtime_ns = -1
+        self._keys: list[ApiKey] = []
+
+    def keys(self) -> list[ApiKey]:
+        try:
+            mtime_ns = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime_ns = 0
+        if mtime_ns != self._mtime_ns:
+            self._keys = load_keys(self._data_path)
+            self._mtime_ns = mtime_ns
+        return self._keys
+
+
+class RateLimiter:
+    """A token bucket per caller: `per_min` requests a minute, bursts up to the same."""
+
+    def __init__(self, per_min: int) -> None:
+        self.per_min = per_min
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, name: str) -> None:
+        if self.per_min <= 0:
+            return
+        now = time.monotonic()
+        tokens, last = self._buckets.get(name, (float(self.per_min), now))
+        tokens = min(float(self.per_min), tokens + (now - last) * self.per_min / 60)
+        if tokens < 1:
+            raise RateLimitedError(
+                f"more than {self.per_min} requests a minute (server.rate_limit_per_min); slow down"
+            )
+        self._buckets[name] = (tokens - 1, now)
+
+
+def _token(request: Request[Any, Any, Any]) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+async def provide_caller(request: Request[Any, Any, Any]) -> Caller:
+    """The dependency every model route takes: authenticates and rate-limits the request."""
+    ring: KeyRing = request.app.state.keyring
+    keys = ring.keys()
+    if not keys:
+        caller = Caller(ANONYMOUS, None)
+    else:
+        token = _token(request)
+        key = find_key(keys, token) if token else None
+        if key is None:
+            raise AuthError(
+                "send a valid API key as 'Authorization: Bearer <key>' "
+                "(an operator creates one with `rag keys add`)"
+            )
+        caller = Caller(key.name, key)
+    request.app.state.ratelimiter.take(caller.name)
+    return caller
