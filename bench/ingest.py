@@ -1,18 +1,18 @@
-"""Ingest throughput on a real corpus, and what the pipeline costs over bare embedding.
+"""Ingest throughput on a real corpus, per embedding backend, and what the pipeline costs.
 
-One run: `rag`'s whole ingest (parse in worker processes, chunk, embed, write, index) of the
-Debian FAQ in its HTML, PDF and text editions, then `encode()` alone on exactly the chunks it
-stored. The ratio pipeline/encode (chunks per second) shows the pipeline's overhead; the
-target is >= 0.85.
+One run, for each backend (torch, then the int8 ONNX one): `rag`'s whole ingest (parse in
+worker processes, chunk, embed, write, index) of the Debian FAQ in its HTML, PDF and text
+editions, then `encode()` alone on exactly the chunks it stored, then the Debian FAQ eval
+set's questions against that index. It prints pages/s and chunks/s, the ratio
+pipeline / encode (the pipeline's overhead; target >= 0.85), the int8 backend's speed-up
+over torch (target >= 2x) and hit@5 / MRR of both (target: within 1 point).
 
-    python bench/ingest.py [CORPUS_DIR] [--device cpu|cuda|mps] [--batch-size 32]
-                           [--backend torch|onnx-int8]
+    python bench/ingest.py [--device cpu|cuda|mps] [--batch-size 32]
 
-encode() is then also timed on the other embedding backend (torch or the int8 ONNX one),
-with the cosine between the two backends' vectors.
-
-Without CORPUS_DIR the debian-faq package is fetched with apt-get (download only, unpacked
-into a temp dir; needs `apt-get update` to have run) and its documents used.
+The corpus and the questions come from bench/build_debian_faq_eval.py (apt-get download
+debian-faq, unpacked into ~/.cache/rag-bench; needs `apt-get update` to have run). The
+questions name their chapter's HTML file, so hits in the PDF and text editions of the same
+answer count as misses: both backends face the same handicap.
 """
 
 from __future__ import annotations
@@ -21,107 +21,53 @@ import argparse
 import gzip
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.build_debian_faq_eval import DEFAULT_CACHE, build  # noqa: E402
 from ingest.pipeline import Progress, run_ingest  # noqa: E402
-from rag.config import ChunkingSettings, EmbeddingSettings, IngestSettings  # noqa: E402
-from rag.embedder import load_embedder  # noqa: E402
-from rag.errors import RagError  # noqa: E402
+from rag.config import (  # noqa: E402
+    ChunkingSettings,
+    EmbeddingSettings,
+    IngestSettings,
+    RetrievalSettings,
+)
+from rag.embedder import Embedder, load_embedder  # noqa: E402
+from rag.evaluation import DEPTH, evaluate, load_questions  # noqa: E402
+from rag.retrieval import Retriever  # noqa: E402
 from rag.store import open_store  # noqa: E402
 
-FAQ_DIR = "usr/share/doc/debian/FAQ"
+BACKENDS = ("torch", "onnx-int8")
 
 
-def fetch_debian_faq(into: Path) -> Path:
-    """Download and unpack debian-faq; copy its HTML, PDF and text editions into `into`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        got = subprocess.run(
-            ["apt-get", "download", "debian-faq"], cwd=tmp, capture_output=True, text=True
-        )
-        if got.returncode != 0:
-            sys.exit(f"apt-get download debian-faq failed (run apt-get update?): {got.stderr}")
-        deb = next(Path(tmp).glob("debian-faq_*.deb"))
-        subprocess.run(["dpkg", "-x", str(deb), str(Path(tmp) / "root")], check=True)
-        source = Path(tmp) / "root" / FAQ_DIR
-        into.mkdir(parents=True, exist_ok=True)
-        for path in sorted(source.iterdir()):
-            if path.name.endswith(".en.html"):
-                shutil.copy(path, into / path.name)
-            elif path.name.endswith((".en.pdf.gz", ".en.txt.gz")) and not path.is_symlink():
-                (into / path.name.removesuffix(".gz")).write_bytes(
-                    gzip.decompress(path.read_bytes())
-                )
-    return into
+def corpus_dir(into: Path) -> Path:
+    """The FAQ's HTML chapters plus its PDF and text editions, unpacked, in `into`/FAQ."""
+    faq, _ = build(DEFAULT_CACHE)
+    target = into / "FAQ"  # eval sources are named FAQ/<chapter>.en.html
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(faq.iterdir()):
+        if path.name.endswith(".en.html"):
+            shutil.copy(path, target / path.name)
+        elif path.name.endswith((".en.pdf.gz", ".en.txt.gz")) and not path.is_symlink():
+            (target / path.name.removesuffix(".gz")).write_bytes(gzip.decompress(path.read_bytes()))
+    return target
 
 
-def compare_backends(
-    args: argparse.Namespace, texts: list[str], name: str, vectors: np.ndarray, encode_s: float
-) -> dict[str, float]:
-    """encode() of the same chunks on the other backend: speed-up and agreement."""
-    other = "onnx-int8" if args.backend == "torch" else "torch"
-    try:
-        embedder = load_embedder(EmbeddingSettings(device=args.device, backend=other))
-    except RagError as e:
-        print(f"backends  {other} not measured: {e.message}")
-        return {}
-    embedder.embed_documents(["warm up"] * args.batch_size, batch_size=args.batch_size)
-    started = time.perf_counter()
-    others = embedder.embed_documents(texts, batch_size=args.batch_size)
-    other_s = time.perf_counter() - started
-    cosine = (vectors * others).sum(axis=1)
-    onnx_s, torch_s = (other_s, encode_s) if other == "onnx-int8" else (encode_s, other_s)
-    print(
-        f"backends  encode() torch {len(texts) / torch_s:6.1f} chunks/s, onnx-int8 "
-        f"{len(texts) / onnx_s:6.1f} chunks/s: x{torch_s / onnx_s:.2f}; cosine to each other "
-        f"min {cosine.min():.4f} mean {cosine.mean():.4f}"
-    )
-    return {
-        "torch_chunks_per_s": round(len(texts) / torch_s, 2),
-        "onnx_int8_chunks_per_s": round(len(texts) / onnx_s, 2),
-        "onnx_speedup": round(torch_s / onnx_s, 3),
-        "cosine_min": round(float(cosine.min()), 5),
-        "cosine_mean": round(float(cosine.mean()), 5),
-    }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("corpus", nargs="?", type=Path, help="documents to ingest")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument(
-        "--backend", default="torch", choices=["torch", "onnx-int8"], help="for the pipeline run"
-    )
-    args = parser.parse_args()
-    corpus = args.corpus or Path(tempfile.gettempdir()) / "rag-bench-debian-faq"
-    if not corpus.exists() or not any(corpus.iterdir()):
-        fetch_debian_faq(corpus)
-
-    started = time.perf_counter()
-    embedder = load_embedder(EmbeddingSettings(device=args.device, backend=args.backend))
-    print(
-        f"model     {embedder.name} on {embedder.device}, loaded in "
-        f"{time.perf_counter() - started:.1f} s"
-    )
+def measure(
+    embedder: Embedder, corpus: Path, questions: list[Any], batch_size: int
+) -> dict[str, Any]:
+    """Pipeline, bare encode() of the same chunks, and retrieval quality, for one backend."""
     # Warm the model up so neither measurement pays for first-call set-up.
-    embedder.embed_documents(["warm up"] * args.batch_size, batch_size=args.batch_size)
-
+    embedder.embed_documents(["warm up"] * batch_size, batch_size=batch_size)
     with tempfile.TemporaryDirectory() as data:
         store = open_store(Path(data), embedder.name, embedder.dim)
         last: list[Progress] = []
-
-        def keep_last(progress: Progress) -> None:
-            last[:] = [progress]
-
         started = time.perf_counter()
         report = run_ingest(
             [corpus],
@@ -129,50 +75,81 @@ def main() -> None:
             chunking=ChunkingSettings(),
             embedder=embedder,
             store=store,
-            batch_size=args.batch_size,
-            on_progress=keep_last,
+            batch_size=batch_size,
+            on_progress=lambda p: last.__setitem__(slice(None), [p]),
             ingest=IngestSettings(),
         )
         pipeline_s = time.perf_counter() - started
-        table = store._db.open_table(store.active_table_name())
-        texts = table.search().select(["text"]).limit(None).to_arrow()["text"].to_pylist()
+        texts = [row["text"] for batch in store.scan(["text"]) for row in batch]
+
+        retriever = Retriever(store, embedder, RetrievalSettings())
+        quality = evaluate(
+            questions,
+            lambda q: (retriever.search(q.question, "bench", DEPTH), None),
+            lambda _query, _passages: False,
+        ).to_json()
 
     started = time.perf_counter()
-    vectors = embedder.embed_documents(texts, batch_size=args.batch_size)
+    embedder.embed_documents(texts, batch_size=batch_size)
     encode_s = time.perf_counter() - started
-    backends = compare_backends(args, texts, embedder.name, vectors, encode_s)
-
     chunks = len(texts)
-    pipeline_rate, encode_rate = chunks / pipeline_s, chunks / encode_s
-    ratio = pipeline_rate / encode_rate
-    files = report.added + len(report.failed)
-    print(f"corpus    {corpus}: {files} files, {report.pages} pages, {chunks} chunks")
-    if report.failed:
-        print(f"failed    {report.failed}")
+    return {
+        "model": embedder.name,
+        "files": report.added + len(report.failed),
+        "failed": report.failed,
+        "pages": report.pages,
+        "chunks": chunks,
+        "pipeline_s": round(pipeline_s, 2),
+        "encode_s": round(encode_s, 2),
+        "pages_per_s": round(report.pages / pipeline_s, 2),
+        "chunks_per_s": round(chunks / pipeline_s, 2),
+        "encode_chunks_per_s": round(chunks / encode_s, 2),
+        "ratio": round(encode_s / pipeline_s, 3),
+        "hit_at_5": quality["hit_at_5"],
+        "mrr": quality["mrr"],
+        "last_progress": repr(last[0]) if last else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    _, questions_file = build(DEFAULT_CACHE)
+    questions = [q for q in load_questions(questions_file) if q.answerable]
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = corpus_dir(Path(tmp))
+        for backend in BACKENDS:
+            started = time.perf_counter()
+            embedder = load_embedder(EmbeddingSettings(device=args.device, backend=backend))
+            loaded_s = time.perf_counter() - started
+            r = results[backend] = measure(embedder, corpus, questions, args.batch_size)
+            print(
+                f"{backend:9} {r['model']} on {embedder.device} (loaded in {loaded_s:.1f} s): "
+                f"{r['files']} files, {r['pages']} pages, {r['chunks']} chunks"
+            )
+            print(
+                f"  pipeline {r['pipeline_s']:7.2f} s {r['pages_per_s']:6.1f} pages/s "
+                f"{r['chunks_per_s']:6.1f} chunks/s | encode() {r['encode_s']:7.2f} s "
+                f"{r['encode_chunks_per_s']:6.1f} chunks/s | ratio {r['ratio']:.3f} "
+                f"(target >= 0.85)"
+            )
+            print(
+                f"  retrieval on {len(questions)} Debian FAQ questions: hit@5 "
+                f"{100 * r['hit_at_5']:.1f}%  MRR {r['mrr']:.3f}"
+            )
+            if r["failed"]:
+                print(f"  failed: {r['failed']}")
+    torch, fast = results["torch"], results["onnx-int8"]
     print(
-        f"pipeline  {pipeline_s:7.2f} s  {report.pages / pipeline_s:7.1f} pages/s  "
-        f"{pipeline_rate:7.1f} chunks/s"
+        f"onnx-int8 / torch: pipeline x{torch['pipeline_s'] / fast['pipeline_s']:.2f}, "
+        f"encode() x{torch['encode_s'] / fast['encode_s']:.2f} (target >= 2x); hit@5 "
+        f"{100 * (fast['hit_at_5'] - torch['hit_at_5']):+.1f} points, MRR "
+        f"{fast['mrr'] - torch['mrr']:+.3f} (target: within 1 point)"
     )
-    print(f"encode()  {encode_s:7.2f} s  {'':15} {encode_rate:7.1f} chunks/s")
-    print(f"ratio     pipeline / encode = {ratio:.3f}  (target >= 0.85)")
-    print(
-        json.dumps(
-            {
-                "device": embedder.device,
-                "files": files,
-                "pages": report.pages,
-                "chunks": chunks,
-                "pipeline_s": round(pipeline_s, 3),
-                "encode_s": round(encode_s, 3),
-                "pages_per_s": round(report.pages / pipeline_s, 2),
-                "chunks_per_s": round(pipeline_rate, 2),
-                "encode_chunks_per_s": round(encode_rate, 2),
-                "ratio": round(ratio, 3),
-                "last_progress": repr(last[0]) if last else None,
-                "backends": backends,
-            }
-        )
-    )
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +68,11 @@ def display_source(path: Path) -> str:
 
 def make_doc_id(collection: str, path: Path) -> str:
     return hashlib.sha256(f"{collection}\0{path.resolve()}".encode()).hexdigest()[:24]
+
+
+def make_named_doc_id(collection: str, name: str) -> str:
+    """The id of a document known by name (an upload), not by where its file lies."""
+    return hashlib.sha256(f"{collection}\0name\0{name}".encode()).hexdigest()[:24]
 
 
 def pipeline_fingerprint(window: Window) -> str:
@@ -143,10 +148,13 @@ def run_ingest(
     ingest: IngestSettings | None = None,
     sync: bool = False,
     on_wait: Callable[[str], None] | None = None,
+    names: Mapping[Path, str] | None = None,
 ) -> IngestReport:
     """Bring `collection` up to date with the files under `paths`; see the module docstring.
 
     With `sync`, documents whose files are gone from under `paths` are removed too.
+    `names` gives files a display name (uploads stored under generated names): it becomes
+    the document's source and its identity, so uploading the same name again replaces it.
     """
     started = time.perf_counter()
     roots = [Path(p) for p in paths]
@@ -154,6 +162,7 @@ def run_ingest(
     report = IngestReport(skipped=[display_source(p) for p in unsupported])
     with store.writer(on_wait):
         run = _Run(collection, chunking, ingest or IngestSettings(), embedder, store, batch_size)
+        run.names = dict(names or {})
         run.meter = ProgressMeter(on_progress, len(files))
         run.meter.work_total = sum(_size(p) for p in files)
         run.report = report
@@ -190,6 +199,7 @@ class _Run:
         self.pending: list[_Parsed] = []
         self.jobs: dict[int, tuple[Path, str, str, int, StoredDocument | None]] = {}
         self.wrote = False
+        self.names: dict[Path, str] = {}
         self.limits = Limits(
             timeout_s=settings.parse_timeout_s,
             memory_bytes=settings.parse_memory_mb * 2**20,
@@ -228,7 +238,8 @@ class _Run:
             self._flush(pool)
 
     def _plan(self, pool: ParsePool, key: int, path: Path) -> None:
-        source = display_source(path)
+        name = self.names.get(path)
+        source = name or display_source(path)
         self.meter.emit("scanning", source)
         try:
             size = path.stat().st_size
@@ -242,7 +253,9 @@ class _Run:
         except OSError as e:
             self._failed(source, f"cannot read it: {e.strerror}", "unreadable")
             return
-        doc_id = make_doc_id(self.collection, path)
+        doc_id = (
+            make_named_doc_id(self.collection, name) if name else make_doc_id(self.collection, path)
+        )
         previous = self.stored.get(doc_id)
         if previous and (previous.doc_hash, previous.pipeline) == (doc_hash, self.pipeline):
             self.report.unchanged += 1

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from rag.config import Settings
+from rag.citations import MarkerFilter, citations_for, clean_markers
+from rag.config import RetrievalSettings, Settings
+from rag.conversation import llm_rewrite, rule_rewrite
 from rag.embedder import Embedder
 from rag.engine import Generation, MlxEngine
 from rag.errors import UsageError
-from rag.prompts import Message, build_messages
-from rag.records import Answer, Citation, Delta, Passage, Usage
+from rag.packing import merge_adjacent, pack
+from rag.prompts import Message
+from rag.records import Answer, Delta, Passage, Usage
+from rag.rerank import llm_rerank
+from rag.retrieval import Retriever, is_relevant
 from rag.store import Store
 
 NOTHING_FOUND = "Nothing in your documents matches this question; ingest documents first."
+# Retrieval found passages, but none close enough to the question (retrieval.min_score).
+NOT_FOUND = "Not found in your documents."
 
 
 @dataclass
@@ -26,11 +33,24 @@ class Answerer:
     context_tokens: int
     answer_tokens: int
     temperature: float = 0.0
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    # What the memory plan says MLX will hold at most (weights, KV cache, prefill), in bytes.
+    planned_mlx_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.retriever = Retriever(self.store, self.embedder, self.retrieval)
 
     def search(self, query: str, collection: str, k: int) -> list[Passage]:
-        if not query.strip():
-            raise UsageError("the question is empty")
-        return self.store.search(collection, self.embedder.embed_query(query), k)
+        """The k best passages for `query` (hybrid or vector, as retrieval.mode says)."""
+        return self.retriever.search(query, collection, k)
+
+    def standalone_query(self, question: str, history: Sequence[Message]) -> str | None:
+        """The query to search for a follow-up question; None when it stands alone."""
+        if not history or self.retrieval.rewrite == "off":
+            return None
+        if self.retrieval.rewrite == "llm":
+            return llm_rewrite(self.engine, question, history)
+        return rule_rewrite(question, history)
 
     def pack(
         self,
@@ -41,19 +61,14 @@ class Answerer:
     ) -> tuple[list[int], list[Passage]]:
         """Prompt ids with as many passages as fit, dropping the lowest-ranked first.
 
-        When even no passage leaves room, the oldest turns of the history go next; the engine
-        refuses what still does not fit.
+        Down to one passage; then the oldest turns of the history go, then the last passage
+        (rag.packing.pack); a question that does not fit alone is refused.
         """
         reserve = self.answer_tokens if reserve_tokens is None else reserve_tokens
-        kept, turns = list(passages), list(history)
-        while True:
-            ids = self.engine.encode_chat(build_messages(question, kept, turns))
-            if len(ids) + reserve <= self.context_tokens or not (kept or turns):
-                return ids, kept
-            if kept:
-                kept.pop()
-            else:
-                turns = turns[2:] if len(turns) > 1 else []
+        packing = pack(
+            self.engine.encode_chat, question, passages, history, self.context_tokens - reserve
+        )
+        return packing.prompt_ids, packing.kept
 
     def stream(
         self,
@@ -66,16 +81,48 @@ class Answerer:
         temperature: float | None = None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> Iterator[Delta | Answer]:
-        """Yield the answer text as it is generated, then the complete Answer."""
-        passages = self.search(question, collection, k)
-        if not passages:
-            yield Delta(NOTHING_FOUND)
-            yield Answer(answer=NOTHING_FOUND)
+        """Yield the answer text as it is generated, then the complete Answer.
+
+        A follow-up question is searched as a standalone query (Answer.rewritten_query).
+        When nothing retrieved is similar enough to the question, the answer is NOT_FOUND
+        and the LLM is not called.
+        """
+        if not question.strip():
+            raise UsageError("the question is empty")
+        rewritten = self.standalone_query(question, history)
+        passages = self.search(rewritten or question, collection, k)
+        if not passages or not is_relevant(
+            passages, self.retrieval.min_score, rewritten or question
+        ):
+            text = NOT_FOUND if passages else NOTHING_FOUND
+            yield Delta(text)
+            yield Answer(answer=text, rewritten_query=rewritten, not_found=True)
             return
+        if self.retrieval.rerank == "llm":
+            passages = llm_rerank(self.engine, rewritten or question, passages, self.retrieval)
         reserve = self._reserve(max_tokens)
-        prompt_ids, kept = self.pack(question, passages, history, reserve)
-        dropped = [p.chunk_id for p in passages[len(kept) :]]
-        yield from self._generate(prompt_ids, kept, dropped, reserve, temperature, should_stop)
+        packing = pack(
+            self.engine.encode_chat,
+            question,
+            merge_adjacent(passages),
+            history,
+            self.context_tokens - reserve,
+        )
+        answer = None
+        for item in self._generate(
+            packing.prompt_ids,
+            packing.kept,
+            packing.dropped_chunk_ids,
+            reserve,
+            temperature,
+            should_stop,
+        ):
+            if isinstance(item, Answer):
+                answer = item
+            else:
+                yield item
+        assert answer is not None
+        yield replace(answer, rewritten_query=rewritten, dropped_turns=packing.dropped_turns)
 
     def chat(
         self,
@@ -112,6 +159,8 @@ class Answerer:
         should_stop: Callable[[], bool],
     ) -> Iterator[Delta | Answer]:
         generation: Generation | None = None
+        # Without sources (the plain LLM) brackets are the model's own, never markers.
+        markers = MarkerFilter(len(kept)) if kept else None
         for item in self.engine.stream(
             prompt_ids,
             max_tokens=max_tokens,
@@ -120,16 +169,20 @@ class Answerer:
             should_stop=should_stop,
         ):
             if isinstance(item, Delta):
-                yield item
+                text = markers.feed(item.text) if markers else item.text
+                if text:
+                    yield Delta(text)
             else:
                 generation = item
+        if markers and (rest := markers.flush()):
+            yield Delta(rest)
         assert generation is not None  # MlxEngine.stream always ends with a Generation
+        text, cited = generation.text.strip(), set()
+        if kept:
+            text, cited = clean_markers(text, len(kept))
         yield Answer(
-            answer=generation.text.strip(),
-            citations=[
-                Citation(n, p.source, p.page, p.heading, p.chunk_id, p.text, p.score)
-                for n, p in enumerate(kept, start=1)
-            ],
+            answer=text,
+            citations=citations_for(kept, cited),
             usage=Usage(
                 prompt_tokens=generation.prompt_tokens,
                 completion_tokens=generation.completion_tokens,
@@ -177,4 +230,6 @@ def load_answerer(settings: Settings, read_consistency_s: float | None = None) -
         ),
         answer_tokens=settings.llm.answer_tokens,
         temperature=settings.llm.temperature,
+        retrieval=settings.retrieval,
+        planned_mlx_bytes=served.peak_bytes - served.embedder_bytes,
     )

@@ -163,6 +163,7 @@ def _ingest(
         lock_wait_s=settings.storage.lock_wait_s,
         keep_versions_s=settings.storage.keep_versions_s,
     )
+    store.vector_index_rows = settings.retrieval.vector_index_rows
     progress = _ProgressLine()
     reembedded = 0
     if reembed:
@@ -339,17 +340,17 @@ def search(
 ) -> None:
     """Show the passages that best match QUERY, without generating an answer."""
     from rag.embedder import load_embedder
+    from rag.retrieval import Retriever
     from rag.store import open_store
 
     settings = _settings(ctx)
+    if not query.strip():
+        raise UsageError("the query is empty")
     embedder = load_embedder(settings.embedding)
     store = open_store(settings.storage.data_path, embedder.name, embedder.dim)
-    if not query.strip():
-        raise RagError("the query is empty")
-    hits = store.search(
-        collection or settings.storage.collection,
-        embedder.embed_query(query),
-        k or settings.retrieval.k,
+    retriever = Retriever(store, embedder, settings.retrieval)
+    hits = retriever.search(
+        query, collection or settings.storage.collection, k or settings.retrieval.k
     )
     if as_json:
         _emit_json({"hits": [{"n": n, **_fields(h)} for n, h in enumerate(hits, start=1)]})
@@ -358,6 +359,93 @@ def search(
         page = f", page {h.page}" if h.page else ""
         click.echo(f"[{n}] {h.source}{page}  score {h.score:.3f}")
         click.echo("    " + " ".join(h.text.split())[:200])
+
+
+@main.command("eval")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--collection", "-c", help="Collection the questions are about.")
+@click.option("--k", type=click.IntRange(min=1), help="Passages an answer would use.")
+@click.option(
+    "--mode",
+    type=click.Choice(["hybrid", "vector"]),
+    help="Retrieval to measure (default: retrieval.mode).",
+)
+@click.option(
+    "--generate",
+    is_flag=True,
+    help="Also answer each question with the LLM, for citation precision (slow on a CPU).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+@_handle_errors
+def eval_questions(
+    ctx: click.Context,
+    file: Path,
+    collection: str | None,
+    k: int | None,
+    mode: str | None,
+    generate: bool,
+    as_json: bool,
+) -> None:
+    """Measure retrieval and answers on FILE, JSON lines of {"question", "answer"?,
+    "source"?, "page"?, "history"?}: hit@1/hit@5/MRR, citation precision, "not found" on
+    unanswerable questions, latency. See rag/evaluation.py for the definitions.
+    """
+    from rag.evaluation import evaluate, load_questions, render_report
+
+    questions = load_questions(file)
+    settings = override(_settings(ctx), "retrieval", k=k, mode=mode)
+    name = collection or settings.storage.collection
+    report = evaluate(questions, *_eval_runners(settings, name, generate))
+    result = {"file": str(file), "mode": settings.retrieval.mode, **report.to_json()}
+    if as_json:
+        _emit_json(result)
+    else:
+        click.echo(render_report(result))
+
+
+def _eval_runners(settings: Settings, collection: str, generate: bool) -> tuple[Any, ...]:
+    """(search, is_refused, answer) for rag.evaluation.evaluate, loading what they need."""
+    from rag.conversation import rule_rewrite
+    from rag.evaluation import DEPTH, EvalQuestion
+    from rag.retrieval import is_relevant
+
+    r = settings.retrieval
+    answerer = None
+    if generate or r.rewrite == "llm":
+        from rag.answer import load_answerer
+
+        answerer = load_answerer(settings)
+        embedder, store = answerer.embedder, answerer.store
+    else:
+        from rag.embedder import load_embedder
+        from rag.store import open_store
+
+        embedder = load_embedder(settings.embedding)
+        store = open_store(settings.storage.data_path, embedder.name, embedder.dim)
+    from rag.retrieval import Retriever
+
+    retriever = Retriever(store, embedder, r)
+
+    def search(q: EvalQuestion) -> tuple[list[Any], str | None]:
+        turns = q.turns()
+        if answerer is not None:
+            rewritten = answerer.standalone_query(q.question, turns)
+        else:
+            rewritten = rule_rewrite(q.question, turns) if r.rewrite == "rules" else None
+        return retriever.search(rewritten or q.question, collection, max(DEPTH, r.k)), rewritten
+
+    def is_refused(query: str, passages: list[Any]) -> bool:
+        return not is_relevant(passages[: r.k], r.min_score, query)
+
+    def answer(q: EvalQuestion) -> Any:
+        assert answerer is not None
+        final = None
+        for item in answerer.stream(q.question, collection, r.k, history=q.turns()):
+            final = item
+        return final
+
+    return search, is_refused, (answer if generate else None)
 
 
 def _fields(obj: Any) -> dict[str, Any]:
@@ -496,3 +584,130 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     else:
         click.echo(render_checks(checks))
     sys.exit(0 if report["ok"] else 1)
+
+
+@main.command()
+@click.option("--now", is_flag=True, help="Run even if maintenance.interval_h has not passed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+@_handle_errors
+def maintain(ctx: click.Context, now: bool, as_json: bool) -> None:
+    """Compact the index and delete versions older than storage.keep_versions_s.
+
+    Runs only when maintenance.interval_h has passed since the last run, so cron or launchd
+    may call it often. With storage.keep_versions_s = 0 it erases: no file keeps the text
+    of removed documents. Reports what it reclaimed.
+    """
+    from rag.maintenance import run_maintenance
+    from rag.planner import format_bytes
+
+    report = run_maintenance(_settings(ctx), force=now, on_wait=_say)
+    if as_json:
+        _emit_json(report.to_json())
+        return
+    if report.reason == "no index":
+        click.echo("nothing to maintain: no index yet")
+    elif not report.ran:
+        when = "never" if report.next_due_s is None else f"in {report.next_due_s / 3600:.1f}h"
+        click.echo(f"not due (next run {when}, maintenance.interval_h); --now runs it anyway")
+    else:
+        click.echo(
+            f"{report.versions_before} -> {report.versions_after} versions, "
+            f"{report.fragments_before} -> {report.fragments_after} fragments, "
+            f"{format_bytes(report.bytes_before)} -> {format_bytes(report.bytes_after)} "
+            f"({format_bytes(report.bytes_reclaimed)} reclaimed), {report.rows} chunks, "
+            f"in {report.seconds:.1f}s"
+        )
+        if report.erase:
+            how = "; rewrote the table without them" if report.rewrote else ""
+            click.echo(f"erased: no older version or deleted row is left on disk{how}")
+
+
+@main.command()
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the backup's manifest as JSON.")
+@click.pass_context
+@_handle_errors
+def backup(ctx: click.Context, dest: Path, as_json: bool) -> None:
+    """Copy the index, API keys and config file into the new directory DEST.
+
+    Safe while `rag serve` and `rag ingest` run: it copies the last committed version, never
+    a half-written one. `rag restore DEST` puts it back.
+    """
+    from rag.backup import create_backup
+    from rag.config import config_file
+
+    settings = _settings(ctx)
+    manifest = create_backup(
+        settings.storage.data_path, dest, config_file(ctx.obj.get("config_path")), _say
+    )
+    if as_json:
+        _emit_json(manifest)
+        return
+    click.echo(
+        f"backed up table {manifest['table']} version {manifest['table_version']} "
+        f"({manifest['rows']} chunks) to {manifest['dest']} in {manifest['seconds']:.1f}s"
+    )
+
+
+@main.command()
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace a data dir that already holds data.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was restored as JSON.")
+@click.pass_context
+@_handle_errors
+def restore(ctx: click.Context, src: Path, force: bool, as_json: bool) -> None:
+    """Put the backup SRC (from `rag backup`) in place as storage.data_dir.
+
+    Checks the backup against its manifest first, and swaps it in whole. Refuses a data dir
+    that holds anything unless --force; stop `rag serve` and ingests before restoring.
+    """
+    from rag.backup import restore_backup
+
+    settings = _settings(ctx)
+    result = restore_backup(
+        src, settings.storage.data_path, force, settings.storage.lock_wait_s, _say
+    )
+    if as_json:
+        _emit_json(result)
+        return
+    click.echo(
+        f"restored table {result['table']} ({result['rows']} chunks, backed up "
+        f"{result['created']}) into {result['restored_to']}"
+    )
+    if result["config_copy"]:
+        click.echo(
+            f"the backup's config file is {result['config_copy']}; use it (or check yours "
+            "with `rag doctor`) if this machine should embed the same way",
+            err=True,
+        )
+
+
+@main.group()
+def report() -> None:
+    """Reports from what the service recorded."""
+
+
+@report.command("cost")
+@click.option("--since", help="From this long ago (12h, 7d, 2w) or this date (2026-11-01).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+@_handle_errors
+def report_cost(ctx: click.Context, since: str | None, as_json: bool) -> None:
+    """Cost of the answers `rag serve` gave, per API key and per collection.
+
+    Each answer is charged the machine's cost (settings [cost]: hardware write-off and
+    power) for the seconds it kept the model generating, and set against what the same
+    tokens cost at the configured cloud price.
+    """
+    from rag.cost import parse_since, render_report, tally
+    from rag.usage import UsageLedger
+
+    settings = _settings(ctx)
+    since_s = parse_since(since)
+    result = tally(UsageLedger(settings.storage.data_path).read(since_s), since_s)
+    as_dict = result.to_json(settings.cost)
+    if as_json:
+        _emit_json(as_dict)
+    else:
+        click.echo(render_report(as_dict))

@@ -38,6 +38,11 @@ class EmbeddingSettings:
     device: str = "auto"
     batch_size: int = 32
     backend: str = "torch"
+    cache_dir: str = "~/.cache/rag"
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser()
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,15 @@ class IngestSettings:
 @dataclass(frozen=True)
 class RetrievalSettings:
     k: int = 4
+    mode: str = "hybrid"
+    candidates: int = 30
+    rrf_k: int = 60
+    text_weight: float = 1.0
+    min_score: float = 0.4
+    rerank: str = "none"
+    rerank_top: int = 4
+    rewrite: str = "rules"
+    vector_index_rows: int = 50000
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,10 @@ class LlmSettings:
     context_tokens: int = 2048
     answer_tokens: int = 160
     temperature: float = 0.0
+    kv_bits: int = 0
+    concurrency: int = 4
+    stop: str = ""
+    cpu_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,10 @@ class ServerSettings:
     allowed_hosts: str = "localhost,127.0.0.1,[::1]"
     cors_origins: str = ""
     rate_limit_per_min: int = 120
+    upload_max_file_mb: int = 64
+    upload_max_files: int = 32
+    upload_max_request_mb: int = 256
+    max_ingest_jobs: int = 8
 
     @property
     def allowed_host_list(self) -> list[str]:
@@ -105,6 +127,22 @@ class DoctorSettings:
 
 
 @dataclass(frozen=True)
+class MaintenanceSettings:
+    interval_h: float = 24.0
+
+
+@dataclass(frozen=True)
+class CostSettings:
+    currency: str = "USD"
+    hardware_price: float = 0.0
+    amortization_months: float = 36.0
+    power_w: float = 0.0
+    electricity_per_kwh: float = 0.0
+    cloud_input_per_mtok: float = 0.15
+    cloud_output_per_mtok: float = 0.6
+
+
+@dataclass(frozen=True)
 class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
@@ -115,21 +153,30 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     hardware: HardwareSettings = field(default_factory=HardwareSettings)
     doctor: DoctorSettings = field(default_factory=DoctorSettings)
+    maintenance: MaintenanceSettings = field(default_factory=MaintenanceSettings)
+    cost: CostSettings = field(default_factory=CostSettings)
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read the config file (if any), apply environment overrides, and validate."""
     env = os.environ if env is None else env
-    if path is None and env.get("RAG_CONFIG"):
-        path = Path(env["RAG_CONFIG"])
-    if path is None and USER_CONFIG_PATH.expanduser().is_file():
-        path = USER_CONFIG_PATH.expanduser()
+    path = config_file(path, env)
     raw: dict[str, Any] = _read_toml(path) if path is not None else {}
     for section, values in _env_overrides(env).items():
         raw.setdefault(section, {}).update(values)
     settings = _build(raw, source=str(path) if path else "defaults")
     validate(settings)
     return settings
+
+
+def config_file(path: Path | None = None, env: Mapping[str, str] | None = None) -> Path | None:
+    """The config file settings are read from (`path`, else $RAG_CONFIG, else the user's)."""
+    env = os.environ if env is None else env
+    if path is None and env.get("RAG_CONFIG"):
+        path = Path(env["RAG_CONFIG"])
+    if path is None and USER_CONFIG_PATH.expanduser().is_file():
+        path = USER_CONFIG_PATH.expanduser()
+    return path
 
 
 def override(settings: Settings, section: str, **values: Any) -> Settings:
@@ -164,8 +211,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError("ingest.parse_workers and ingest.flush_chunks must be at least 1")
     if settings.storage.lock_wait_s < 0 or settings.storage.keep_versions_s < 0:
         raise ConfigError("storage.lock_wait_s and storage.keep_versions_s must be >= 0")
-    if settings.retrieval.k < 1:
-        raise ConfigError(f"retrieval.k = {settings.retrieval.k}: use at least 1")
+    _validate_retrieval(settings.retrieval)
+    _validate_cost(settings.cost)
     if settings.embedding.device not in ("auto", "cpu", "cuda", "mps"):
         raise ConfigError(
             f"embedding.device = {settings.embedding.device!r}: use auto, cpu, cuda or mps"
@@ -184,12 +231,28 @@ def validate(settings: Settings) -> None:
         )
     if llm.temperature < 0:
         raise ConfigError(f"llm.temperature = {llm.temperature}: must be >= 0")
+    if llm.kv_bits not in (0, 4, 8):
+        raise ConfigError(f"llm.kv_bits = {llm.kv_bits}: use 0 (unquantized), 4 or 8")
+    if llm.concurrency < 1:
+        raise ConfigError(f"llm.concurrency = {llm.concurrency}: use at least 1")
+    if llm.cpu_threads < 0:
+        raise ConfigError(f"llm.cpu_threads = {llm.cpu_threads}: use 0 (all cores) or more")
     if settings.server.max_queue < 1:
         raise ConfigError(f"server.max_queue = {settings.server.max_queue}: use at least 1")
     if settings.server.request_timeout_s <= 0:
         raise ConfigError(
             f"server.request_timeout_s = {settings.server.request_timeout_s}: must be > 0"
         )
+    server = settings.server
+    limits = {
+        "upload_max_file_mb": server.upload_max_file_mb,
+        "upload_max_files": server.upload_max_files,
+        "upload_max_request_mb": server.upload_max_request_mb,
+        "max_ingest_jobs": server.max_ingest_jobs,
+    }
+    for key, value in limits.items():
+        if value < 1:
+            raise ConfigError(f"server.{key} = {value}: use at least 1")
     if not 0 < settings.server.port < 65536:
         raise ConfigError(f"server.port = {settings.server.port}: not a TCP port")
     for key, value in dataclasses.asdict(settings.hardware).items():
@@ -199,6 +262,29 @@ def validate(settings: Settings) -> None:
         raise ConfigError(
             f"doctor.min_free_disk_gb = {settings.doctor.min_free_disk_gb}: must be >= 0"
         )
+    if settings.maintenance.interval_h < 0:
+        raise ConfigError(
+            f"maintenance.interval_h = {settings.maintenance.interval_h}: must be >= 0"
+        )
+
+
+def _validate_retrieval(r: RetrievalSettings) -> None:
+    choices = {
+        "mode": ("hybrid", "vector"),
+        "rerank": ("none", "llm"),
+        "rewrite": ("rules", "llm", "off"),
+    }
+    for key, allowed in choices.items():
+        if getattr(r, key) not in allowed:
+            raise ConfigError(f"retrieval.{key} = {getattr(r, key)!r}: use {', '.join(allowed)}")
+    for key in ("k", "candidates", "rerank_top"):
+        if getattr(r, key) < 1:
+            raise ConfigError(f"retrieval.{key} = {getattr(r, key)}: use at least 1")
+    for key in ("rrf_k", "text_weight", "vector_index_rows"):
+        if getattr(r, key) < 0:
+            raise ConfigError(f"retrieval.{key} = {getattr(r, key)}: must be >= 0")
+    if not -1.0 <= r.min_score <= 1.0:
+        raise ConfigError(f"retrieval.min_score = {r.min_score}: a cosine similarity, -1 to 1")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -273,3 +359,18 @@ def _cast(name: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     raise ConfigError(f"{name} = {value!r}: expected {kind.__name__}")
+
+
+def _validate_cost(cost: CostSettings) -> None:
+    amounts = {
+        "hardware_price": cost.hardware_price,
+        "power_w": cost.power_w,
+        "electricity_per_kwh": cost.electricity_per_kwh,
+        "cloud_input_per_mtok": cost.cloud_input_per_mtok,
+        "cloud_output_per_mtok": cost.cloud_output_per_mtok,
+    }
+    negative = [f"cost.{k} = {v}" for k, v in amounts.items() if v < 0]
+    if negative:
+        raise ConfigError(f"{', '.join(negative)}: amounts must be >= 0")
+    if cost.amortization_months <= 0:
+        raise ConfigError(f"cost.amortization_months = {cost.amortization_months}: must be > 0")

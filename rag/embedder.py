@@ -150,9 +150,9 @@ def _load_onnx(settings: EmbeddingSettings) -> Embedder:
             "embedding.backend = 'onnx-int8' runs the bundled MiniLM only; set "
             "embedding.model = 'bundled' or embedding.backend = 'torch'"
         )
-    # The int8 file is the same model: the bundled one's tokenizer is its tokenizer.
+    # The int8 file is made from the bundled model, whose tokenizer is its tokenizer.
     _, path = resolve_model_path(settings)
-    model = load_onnx_minilm(path / "tokenizer.json")
+    model = load_onnx_minilm(path, settings.cache_path)
     return Embedder(
         name=MODEL_NAME,
         dim=model.get_embedding_dimension(),

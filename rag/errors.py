@@ -111,3 +111,9 @@ class RateLimitedError(RagError):
     """The API key sent more requests than its rate allows."""
 
     http_status = 429
+
+
+class TooLargeError(RagError):
+    """An upload is over a configured size or count limit (server.upload_max_*)."""
+
+    http_status = 413

@@ -43,8 +43,13 @@ _BLOCK_NAMES = {
 }
 
 
-def load_gguf(path: Path) -> tuple[nn.Module, TokenizerWrapper, dict[str, Any]]:
+def load_gguf(
+    path: Path, *, tune: bool = True, cpu_threads: int = 0
+) -> tuple[nn.Module, TokenizerWrapper, dict[str, Any]]:
     """Return (mlx_lm llama Model with quantized layers, mlx_lm TokenizerWrapper, config dict).
+
+    `tune` applies rag.cputune on the CPU backend (False: the model as the file has it),
+    splitting matmuls across `cpu_threads` cores (0: all of them).
 
     The config holds the mlx_lm llama model arguments plus `quantization`
     ({"group_size", "bits"} of the bulk of the layers, or None), `file_size_bytes`,
@@ -98,11 +103,13 @@ def load_gguf(path: Path) -> tuple[nn.Module, TokenizerWrapper, dict[str, Any]]:
     except ValueError as e:
         raise ModelLoadError(f"{path.name} does not match a llama model: {e}") from e
 
-    if mx.default_device() == mx.cpu:
+    if tune:
+        from rag.cputune import tune_model
+
         # GGUF norms are F32, so activations are fp32 already and every quantized matmul
-        # would convert the fp16 scales and biases to match: fp32 ones save that (a few
-        # percent of decode) and rule out fp16 activations, over 20x slower on CPU.
-        model.set_dtype(mx.float32)
+        # would convert the fp16 scales and biases to match: fp32 ones save that and rule
+        # out fp16 activations, over 20x slower on CPU.
+        tune_model(model, cpu_threads or None)
     model.eval()
     mx.eval(model.parameters())
     # What the weights occupy once loaded, which is not the file size after the cast above.

@@ -85,8 +85,8 @@ def _check_size(table: Any, name: str) -> Check:
             WARN,
             evidence + f": optimize is due (over {MAX_VERSIONS} versions or "
             f"{MAX_FRAGMENTS} fragments)",
-            "the next `rag ingest` that writes compacts it; lower storage.keep_versions_s to "
-            "keep fewer versions",
+            "run `rag maintain --now` (and schedule `rag maintain`); lower "
+            "storage.keep_versions_s to keep fewer versions",
         )
     return Check("index size", OK, evidence)
 

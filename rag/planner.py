@@ -306,6 +306,7 @@ def plan_served(
         os_headroom_bytes=int(settings.hardware.os_headroom_gb * GIB),
         embedder_bytes=embedder_bytes,
         context_tokens=settings.llm.context_tokens,
+        kv_bits=settings.llm.kv_bits or None,
         # Room for the answer and a prompt with one passage, at least; never more than asked.
         min_context_tokens=min(
             settings.llm.context_tokens,

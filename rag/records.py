@@ -39,6 +39,13 @@ class Passage:
     heading: str
     text: str
     score: float
+    # Where the chunk sits in its document, so neighbours can be merged when packing.
+    doc_id: str = ""
+    chunk_index: int = -1
+    char_start: int = -1
+    char_end: int = -1
+    # Every chunk this passage holds, in document order (more than one once merged).
+    chunk_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +57,10 @@ class Citation:
     chunk_id: str
     text: str
     score: float
+    # Whether the answer has an [n] marker for this source.
+    cited: bool = False
+    # The chunks merged into this source (just chunk_id when none were).
+    chunk_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +87,13 @@ class Answer:
     dropped: list[str] = field(default_factory=list)
     # "stop" (the model ended its turn), "length" (the token limit) or "cancelled".
     finish_reason: str = "stop"
+    # The standalone query searched for a follow-up question; None when the question was
+    # searched as asked.
+    rewritten_query: str | None = None
+    # Earlier conversation turns left out because the context budget was full.
+    dropped_turns: int = 0
+    # True when retrieval found nothing relevant and the LLM was not called.
+    not_found: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -45,6 +45,8 @@ def test_environment_overrides_file_and_casts_types(tmp_path: Path) -> None:
         ("", {"RAG_LLM_ANSWER_TOKENS": "x"}, "llm.answer_tokens = 'x': expected int"),
         ("[chunking]\noverlap_tokens = 500\n", {}, "chunking.overlap_tokens = 500"),
         ("[retrieval\n", {}, "not valid TOML"),
+        ("[retrieval]\nmode = 'fuzzy'\n", {}, "retrieval.mode = 'fuzzy': use hybrid, vector"),
+        ("[retrieval]\nmin_score = 2.0\n", {}, "retrieval.min_score = 2.0"),
     ],
 )
 def test_bad_settings_are_refused_with_the_key_named(

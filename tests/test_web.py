@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -107,6 +109,25 @@ def test_full_queue_is_503_with_retry_after_and_deadline_is_504(
             assert second.status_code == 503
             assert second.headers["retry-after"]
             assert "server.max_queue = 1" in second.json()["error"]["message"]
+            # A burst on every model route: each one refused at once, and never a 500.
+            burst = [
+                ("/api/ask", body),
+                ("/api/search", {"query": "vacation"}),
+                (
+                    "/v1/chat/completions",
+                    {"model": "default", "messages": [{"role": "user", "content": "vacation?"}]},
+                ),
+            ] * 4
+
+            def timed(call: tuple[str, dict]) -> tuple[int, float]:
+                started = time.monotonic()
+                r = httpx.post(base + call[0], json=call[1], timeout=30)
+                return r.status_code, time.monotonic() - started
+
+            with ThreadPoolExecutor(max_workers=len(burst)) as pool:
+                results = list(pool.map(timed, burst))
+            assert [status for status, _ in results] == [503] * len(burst)
+            assert max(seconds for _, seconds in results) < 1.0
             events = list(first.iter_lines())
         # The 3 s deadline stopped the first generation; its result says so.
         done = json.loads(events[events.index("event: done") + 1].removeprefix("data: "))

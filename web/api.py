@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, get, post
@@ -14,11 +14,20 @@ from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 
 from rag.errors import RagError, UsageError
 from rag.records import Answer, Delta
-from web.auth import Caller
+from web.auth import AUTH_ONLY, Caller
 from web.models import ModelHost
 
 MAX_K = 50
 MAX_QUESTION_CHARS = 4000
+# A conversation's earlier turns sent with a follow-up question; the packer drops the
+# oldest ones first when they do not fit the context.
+MAX_HISTORY_TURNS = 40
+MAX_TURN_CHARS = 16_000
+
+
+class Turn(msgspec.Struct, forbid_unknown_fields=True):
+    role: Literal["user", "assistant"]
+    content: Annotated[str, msgspec.Meta(max_length=MAX_TURN_CHARS)]
 
 
 class AskRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -26,6 +35,10 @@ class AskRequest(msgspec.Struct, forbid_unknown_fields=True):
     collection: str | None = None
     k: Annotated[int, msgspec.Meta(ge=1, le=MAX_K)] | None = None
     stream: bool = False
+    # Earlier turns, oldest first, so a follow-up question is read in its conversation.
+    history: Annotated[list[Turn], msgspec.Meta(max_length=MAX_HISTORY_TURNS)] = msgspec.field(
+        default_factory=list
+    )
 
 
 def _host(request: Request[Any, Any, Any]) -> ModelHost:
@@ -68,22 +81,31 @@ async def ask(
     settings = host.settings
     collection = caller.require(data.collection or settings.storage.collection)
     k = data.k or settings.retrieval.k
+    history = [{"role": t.role, "content": t.content} for t in data.history]
     if data.stream:
         items = host.iterate(
-            lambda stop: answerer.stream(data.question, collection, k, should_stop=stop),
+            lambda stop: answerer.stream(
+                data.question, collection, k, history=history, should_stop=stop
+            ),
             collection,
             caller.name,
         )
         return ServerSentEvent(_stream_events(items))
     answer = await host.answer(
-        lambda stop: answerer.stream(data.question, collection, k, should_stop=stop),
+        lambda stop: answerer.stream(
+            data.question, collection, k, history=history, should_stop=stop
+        ),
         collection,
     )
     return Response(answer.to_json())
 
 
-@get("/api/plan", summary="The memory plan: machine, model, context, what fits and why")
-async def memory_plan(request: Request[Any, Any, Any]) -> dict[str, Any]:
+@get(
+    "/api/plan",
+    dependencies=AUTH_ONLY,
+    summary="The memory plan: machine, model, context, what fits and why",
+)
+async def memory_plan(request: Request[Any, Any, Any], caller: Caller) -> dict[str, Any]:
     from rag.sizing import size_machine
 
     # Reads model metadata from disk: off the event loop, but not on the busy model thread.
@@ -91,8 +113,12 @@ async def memory_plan(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return sizing.to_json()
 
 
-@get("/api/doctor", summary="The `rag doctor` checks: status, evidence and fix of each")
-async def doctor(request: Request[Any, Any, Any]) -> dict[str, Any]:
+@get(
+    "/api/doctor",
+    dependencies=AUTH_ONLY,
+    summary="The `rag doctor` checks: status, evidence and fix of each",
+)
+async def doctor(request: Request[Any, Any, Any], caller: Caller) -> dict[str, Any]:
     from rag.doctor import checks_to_json, run_checks
 
     checks = await asyncio.to_thread(run_checks, _host(request).settings)

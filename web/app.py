@@ -4,45 +4,48 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
-from litestar import Litestar, get
+from litestar import Litestar
 from litestar.config.allowed_hosts import AllowedHostsConfig
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins.prometheus import PrometheusController
-from litestar.response import File
 
 from rag.config import Settings
 from rag.errors import RagError
 from web.api import ask, doctor, error_response, health, memory_plan, ready, search
 from web.auth import KeyRing, RateLimiter, provide_caller
+from web.csrf import csrf_middleware
+from web.documents import Library, document_routes
+from web.jobs import JobRunner, job_events, job_status
 from web.metrics import make_prometheus_config
 from web.models import ModelHost
 from web.openai_api import chat_completions, embeddings, list_models
-
-STATIC = Path(__file__).parent / "static"
-
-
-@get("/", include_in_schema=False)
-async def index() -> File:
-    return File(STATIC / "index.html", content_disposition_type="inline", media_type="text/html")
+from web.page import index, load_page
 
 
 def create_app(settings: Settings) -> Litestar:
     host = ModelHost(settings)
+    jobs = JobRunner(settings)
+    library = Library(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.models = host
         app.state.keyring = KeyRing(settings.storage.data_path)
         app.state.ratelimiter = RateLimiter(settings.server.rate_limit_per_min)
+        app.state.jobs = jobs
+        app.state.library = library
+        app.state.page = load_page()
         host.start()
+        jobs.start()
         try:
             yield
         finally:
+            jobs.close()
+            library.close()
             host.close()
 
     prometheus = make_prometheus_config()
@@ -58,9 +61,12 @@ def create_app(settings: Settings) -> Litestar:
             list_models,
             memory_plan,
             doctor,
+            *document_routes(settings),
+            job_status,
+            job_events,
             PrometheusController,
         ],
-        middleware=[prometheus.middleware],
+        middleware=[prometheus.middleware, csrf_middleware(settings.storage.data_path)],
         lifespan=[lifespan],
         dependencies={"caller": Provide(provide_caller)},
         exception_handlers={RagError: error_response},
@@ -69,6 +75,8 @@ def create_app(settings: Settings) -> Litestar:
             title="rag", version="0.1.0", path="/schema", render_plugins=[JsonRenderPlugin()]
         ),
         request_max_body_size=1_000_000,
+        # An upload's files plus a few fields; past this the parser stops reading (413).
+        multipart_form_part_limit=settings.server.upload_max_files + 8,
         allowed_hosts=AllowedHostsConfig(
             allowed_hosts=settings.server.allowed_host_list, www_redirect=False
         ),

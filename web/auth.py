@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Request
+from litestar.di import Provide
 
 from rag.apikeys import ApiKey, find_key, load_keys
 from rag.errors import AuthError, ForbiddenError, RateLimitedError
@@ -80,6 +81,18 @@ def _token(request: Request[Any, Any, Any]) -> str | None:
 
 async def provide_caller(request: Request[Any, Any, Any]) -> Caller:
     """The dependency every model route takes: authenticates and rate-limits the request."""
+    caller = await authenticate(request)
+    request.app.state.ratelimiter.take(caller.name)
+    return caller
+
+
+async def authenticate(request: Request[Any, Any, Any]) -> Caller:
+    """The caller behind the request's key (401 without a valid one), not rate-limited.
+
+    Routes that do not use the models (documents, jobs, the plan) take this instead of
+    `provide_caller`, so that listing documents or polling a job spends none of the
+    key's model requests.
+    """
     ring: KeyRing = request.app.state.keyring
     keys = ring.keys()
     if not keys:
@@ -93,5 +106,8 @@ async def provide_caller(request: Request[Any, Any, Any]) -> Caller:
                 "(an operator creates one with `rag keys add`)"
             )
         caller = Caller(key.name, key)
-    request.app.state.ratelimiter.take(caller.name)
     return caller
+
+
+# Handler-level override of the app's `caller` dependency: the key check alone.
+AUTH_ONLY = {"caller": Provide(authenticate)}

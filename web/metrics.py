@@ -26,7 +26,28 @@ TOKENS = Counter(
     "Tokens processed, by direction (prompt or completion), API key and collection.",
     ["direction", "key", "collection"],
 )
+COST = Counter(
+    "rag_cost",
+    "Machine cost of answers (settings [cost]: write-off and power for their generation "
+    "seconds), in cost.currency, by API key and collection.",
+    ["key", "collection"],
+)
+MEMORY_PLANNED = Gauge(
+    "rag_memory_planned_bytes",
+    "Most memory the plan lets MLX hold (weights, KV cache, prefill) at the planned context.",
+)
+MEMORY_USED = Gauge("rag_memory_used_bytes", "Memory MLX holds now (active buffers and its cache).")
 QUEUE_DEPTH = Gauge("rag_queue_depth", "Model requests running or waiting.")
+INGEST_JOBS = Gauge("rag_ingest_jobs", "Upload ingest jobs, by state (queued, running).", ["state"])
+INGEST_FILES_PENDING = Gauge(
+    "rag_ingest_files_pending", "Uploaded files in queued or running jobs not yet ingested."
+)
+INGEST_FILES = Counter(
+    "rag_ingest_files",
+    "Uploaded files ingested, by outcome (indexed, unchanged, failed).",
+    ["outcome"],
+)
+INGEST_CHUNKS = Counter("rag_ingest_chunks", "Chunks embedded by upload ingest jobs.")
 
 
 def make_prometheus_config() -> PrometheusConfig:
@@ -47,3 +68,32 @@ def record_answer(answer: Answer, collection: str, key: str = "anonymous") -> No
         DECODE_TOKENS_PER_S.observe(usage.tokens_per_s)
     TOKENS.labels("prompt", key, collection).inc(usage.prompt_tokens)
     TOKENS.labels("completion", key, collection).inc(usage.completion_tokens)
+
+
+def track_memory(planned_bytes: int) -> None:
+    import mlx.core as mx
+
+    MEMORY_PLANNED.set(planned_bytes)
+    # Reading the allocator's counters runs no kernel, so any thread may do it.
+    MEMORY_USED.set_function(lambda: mx.get_active_memory() + mx.get_cache_memory())
+
+
+def record_cost(amount: float, collection: str, key: str = "anonymous") -> None:
+    COST.labels(key, collection).inc(amount)
+
+
+def track_ingest(
+    queued: Callable[[], int], running: Callable[[], int], files_pending: Callable[[], int]
+) -> None:
+    INGEST_JOBS.labels("queued").set_function(queued)
+    INGEST_JOBS.labels("running").set_function(running)
+    INGEST_FILES_PENDING.set_function(files_pending)
+
+
+def record_ingest_chunks(chunks: int) -> None:
+    if chunks > 0:
+        INGEST_CHUNKS.inc(chunks)
+
+
+def record_ingest_file(outcome: str) -> None:
+    INGEST_FILES.labels(outcome).inc()

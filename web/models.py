@@ -1,13 +1,18 @@
-"""The loaded models and the one thread they run on.
+"""The loaded models, the threads they run on, and admission control.
 
 Models load in the background so `/health` answers at once and `/ready` says when questions
-can be asked. All model work (embedding, generation) runs on a single dedicated thread: the
-event loop never blocks, and the tokenizer and MLX never see two threads at once.
+can be asked. The event loop never blocks: each admitted request runs on a worker thread.
+Generation goes through the engine's one generation thread, which batches up to the planned
+concurrency of requests (rag.batching) and is the only thread that runs MLX. The other model
+work (embedding, tokenizing, searching) holds the model lock, so the embedder and the
+tokenizer never see two threads at once; a request gives the lock up while it waits for its
+tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -18,15 +23,18 @@ from typing import Any, TypeVar
 
 from rag.answer import Answerer, load_answerer
 from rag.config import Settings
+from rag.cost import request_cost
 from rag.errors import DeadlineError, NotReadyError, OverloadedError, RagError
 from rag.records import Answer
-from web.metrics import record_answer, track_queue_depth
+from rag.usage import UsageLedger, UsageRecord, busy_seconds
+from web.metrics import record_answer, record_cost, track_memory, track_queue_depth
 
 T = TypeVar("T")
 log = logging.getLogger("rag.web")
 
 # How soon the service sees documents that `rag ingest` wrote from another process.
 READ_CONSISTENCY_S = 1.0
+_END = object()
 
 
 class _Slot:
@@ -46,9 +54,17 @@ class ModelHost:
         self.settings = settings
         self.answerer: Answerer | None = None
         self.load_error: str | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-model")
+        # Admission keeps at most max_queue requests in flight, so none waits for a worker;
+        # one more for loading the models.
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.server.max_queue + 1, thread_name_prefix="rag-model"
+        )
         self._loading: Future[None] | None = None
         self._admitted = 0
+        self._lock = threading.Lock()  # the embedder and the tokenizer: one thread at a time
+        self._holding = threading.local()
+        self.concurrency = 1
+        self._ledger = UsageLedger(settings.storage.data_path)
 
     def start(self) -> None:
         track_queue_depth(lambda: self._admitted)
@@ -56,14 +72,39 @@ class ModelHost:
 
     def _load(self) -> None:
         try:
-            self.answerer = load_answerer(self.settings, read_consistency_s=READ_CONSISTENCY_S)
-            log.info("models loaded")
+            answerer = load_answerer(self.settings, read_consistency_s=READ_CONSISTENCY_S)
+            from rag.batching import planned_concurrency
+
+            self.concurrency = planned_concurrency(self.settings)
+            batcher = answerer.engine.start_batching(self.concurrency, idle=self._unlocked)
+            track_memory(answerer.planned_mlx_bytes)
+            self.answerer = answerer
+            log.info(
+                "models loaded; generating up to %d requests at once%s",
+                self.concurrency,
+                "" if batcher.batched else " (one at a time: this KV cache cannot be batched)",
+            )
         except RagError as e:
             self.load_error = e.message
             log.error("cannot load models: %s", e.message)
         except Exception as e:
             self.load_error = f"{type(e).__name__}: {e}"
             log.exception("cannot load models")
+
+    def _record_usage(self, answer: Answer, collection: str, key: str) -> None:
+        """Charge the answer its generation seconds (rag report cost, rag_cost_total)."""
+        usage = answer.usage
+        if usage.completion_tokens == 0:
+            return  # answered without the model ("not found"): no machine time to charge
+        busy_s = busy_seconds(usage.ttft_s, usage.completion_tokens, usage.tokens_per_s)
+        record_cost(request_cost(self.settings.cost, busy_s), collection, key)
+        entry = UsageRecord(
+            time.time(), key, collection, usage.prompt_tokens, usage.completion_tokens, busy_s
+        )
+        try:
+            self._ledger.record(entry)
+        except RagError as e:  # a full disk must not fail the answer the user is waiting for
+            log.warning("%s", e.message)
 
     def require(self) -> Answerer:
         if self.answerer is None:
@@ -90,12 +131,36 @@ class ModelHost:
         return _Slot(self)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn(*args)` on the model thread and await its result (admission-controlled)."""
+        """Run `fn(*args)` on a worker, holding the model lock (admission-controlled)."""
         slot = self._admit()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._locked, fn, *args
+            )
         finally:
             slot.release()
+
+    def _locked(self, fn: Callable[..., T], *args: object) -> T:
+        with self._lock:
+            self._holding.lock = True
+            try:
+                return fn(*args)
+            finally:
+                self._holding.lock = False
+
+    @contextlib.contextmanager
+    def _unlocked(self) -> Iterator[None]:
+        """Give the model lock up for a while, if this thread holds it (the engine's idle)."""
+        if not getattr(self._holding, "lock", False):
+            yield
+            return
+        self._holding.lock = False
+        self._lock.release()
+        try:
+            yield
+        finally:
+            self._lock.acquire()
+            self._holding.lock = True
 
     def iterate(
         self,
@@ -134,7 +199,13 @@ class ModelHost:
 
         def produce() -> None:
             try:
-                for item in make_items(should_stop):
+                items = self._locked(lambda: iter(make_items(should_stop)))
+                while True:
+                    # Each step holds the model lock; the engine gives it up while it waits
+                    # for tokens from the generation thread.
+                    item = self._locked(next, items, _END)
+                    if item is _END:
+                        break
                     loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
             except BaseException as e:  # handed to the consumer, which re-raises it
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
@@ -151,6 +222,7 @@ class ModelHost:
                     raise value
                 if isinstance(value, Answer):
                     record_answer(value, *labels)
+                    self._record_usage(value, *labels)
                 yield value
         finally:
             stop.set()
@@ -179,4 +251,6 @@ class ModelHost:
         return final
 
     def close(self) -> None:
+        if self.answerer is not None:
+            self.answerer.engine.stop_batching()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -148,6 +148,9 @@ async def chat_completions(
             ],
             "usage": _usage(answer),
             "citations": answer.to_json()["citations"],
+            # rag's extensions: the query searched for a follow-up, and what did not fit.
+            "rewritten_query": answer.rewritten_query,
+            "dropped": answer.dropped,
         }
     )
 
@@ -201,7 +204,10 @@ async def _stream(
                 yield ServerSentEventMessage(data=chunk({"content": item.text}))
                 continue
             citations = item.to_json()["citations"]
-            yield ServerSentEventMessage(data=chunk({}, _finish_reason(item), citations=citations))
+            extra = {"rewritten_query": item.rewritten_query, "dropped": item.dropped}
+            yield ServerSentEventMessage(
+                data=chunk({}, _finish_reason(item), citations=citations, **extra)
+            )
             if include_usage:
                 yield ServerSentEventMessage(data=chunk(None, usage=_usage(item)))
     except RagError as e:

@@ -1,0 +1,240 @@
+"""`rag eval`: how well retrieval (and optionally the answers) do on a set of questions.
+
+A question file is JSON lines: {"question", "answer"?, "source"?, "page"?, "history"?}.
+A passage is a hit when it matches every target the line gives: its source (the stored
+source ends with the given path), its page, and the answer text (at least 80% of the
+answer's words, all of them for answers of three words or fewer). A line with neither
+answer nor source is unanswerable: the right outcome is "not found". `history` is a list
+of earlier user questions, for follow-up questions.
+
+Metrics: hit@1, hit@5 and MRR@10 of retrieval over answerable questions; citation precision
+(the share of [n] markers whose passage contains the answer; needs generation); "not found"
+accuracy on unanswerable questions and the share of answerable ones wrongly refused;
+search latency p50/p95.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rag.errors import UsageError
+from rag.prompts import Message
+from rag.records import Answer, Passage
+
+# Ranks looked at: hit@5 needs five, MRR is computed over ten.
+DEPTH = 10
+_WORD = re.compile(r"\w+")
+# What an answer says when the model itself finds no answer in the sources.
+_SAYS_NOT_FOUND = re.compile(
+    r"not found in your documents|(do|does) not (contain|mention|say|include)|"
+    r"no information|not (mentioned|specified|stated)",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EvalQuestion:
+    question: str
+    answer: str | None = None
+    source: str | None = None
+    page: int | None = None
+    history: tuple[str, ...] = ()
+
+    @property
+    def answerable(self) -> bool:
+        return self.answer is not None or self.source is not None
+
+    def turns(self) -> list[Message]:
+        """The history as chat turns (the earlier answers are not known, so left empty)."""
+        turns: list[Message] = []
+        for asked in self.history:
+            turns += [{"role": "user", "content": asked}, {"role": "assistant", "content": ""}]
+        return turns
+
+
+@dataclass
+class QuestionResult:
+    question: EvalQuestion
+    rank: int | None  # 1-based rank of the first hit within DEPTH, None when missed
+    refused: bool  # retrieval (or the answer) said "not found"
+    search_ms: float
+    rewritten_query: str | None = None
+    cited_hits: int = 0
+    cited: int = 0
+    answer_s: float | None = None
+
+
+@dataclass
+class EvalReport:
+    results: list[QuestionResult] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        answerable = [r for r in self.results if r.question.answerable]
+        unanswerable = [r for r in self.results if not r.question.answerable]
+        ranks = [r.rank for r in answerable]
+        cited = sum(r.cited for r in answerable)
+        answered = [r.answer_s for r in self.results if r.answer_s is not None]
+        return {
+            "questions": len(self.results),
+            "answerable": len(answerable),
+            "unanswerable": len(unanswerable),
+            "hit_at_1": _share(ranks, lambda rank: rank == 1),
+            "hit_at_5": _share(ranks, lambda rank: rank is not None and rank <= 5),
+            "mrr": round(sum(1 / r for r in ranks if r) / len(ranks), 4) if ranks else None,
+            "citation_precision": (
+                round(sum(r.cited_hits for r in answerable) / cited, 4) if cited else None
+            ),
+            "cited_markers": cited if answered else None,
+            "not_found_accuracy": _share([r.refused for r in unanswerable], bool),
+            "false_not_found": _share([r.refused for r in answerable], bool),
+            "search_ms": _percentiles([r.search_ms for r in self.results]),
+            "answer_s": _percentiles(answered) if answered else None,
+            "missed_at_5": [
+                r.question.question for r in answerable if r.rank is None or r.rank > 5
+            ],
+        }
+
+
+def load_questions(path: Path) -> list[EvalQuestion]:
+    """Parse a question file; a bad line is a UsageError naming the line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e}") from e
+    questions = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            if not isinstance(raw, dict) or not str(raw.get("question") or "").strip():
+                raise ValueError("needs a non-empty 'question'")
+            page = raw.get("page")
+            history = raw.get("history") or []
+            if not isinstance(history, list) or not all(isinstance(h, str) for h in history):
+                raise ValueError("'history' must be a list of earlier questions")
+            questions.append(
+                EvalQuestion(
+                    question=str(raw["question"]),
+                    answer=None if raw.get("answer") is None else str(raw["answer"]),
+                    source=None if raw.get("source") is None else str(raw["source"]),
+                    page=None if page is None else int(page),
+                    history=tuple(history),
+                )
+            )
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"{path}, line {number}: {e}") from e
+    if not questions:
+        raise UsageError(f"{path} holds no questions")
+    return questions
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def contains_answer(text: str, answer: str) -> bool:
+    """Whether `text` holds the answer: 80% of its words (all, for three words or fewer)."""
+    wanted = set(words(answer))
+    if not wanted:
+        return False
+    found = len(wanted & set(words(text)))
+    return found == len(wanted) if len(wanted) <= 3 else found >= 0.8 * len(wanted)
+
+
+def same_source(stored: str, wanted: str) -> bool:
+    stored, wanted = stored.replace("\\", "/"), wanted.replace("\\", "/").lstrip("./")
+    return stored == wanted or stored.endswith("/" + wanted)
+
+
+def is_hit(question: EvalQuestion, passage: Passage) -> bool:
+    if question.source is not None and not same_source(passage.source, question.source):
+        return False
+    if question.page is not None and passage.page != question.page:
+        return False
+    return question.answer is None or contains_answer(passage.text, question.answer)
+
+
+def first_hit(question: EvalQuestion, passages: Sequence[Passage]) -> int | None:
+    return next((n for n, p in enumerate(passages[:DEPTH], 1) if is_hit(question, p)), None)
+
+
+def evaluate(
+    questions: Sequence[EvalQuestion],
+    search: Callable[[EvalQuestion], tuple[list[Passage], str | None]],
+    is_refused: Callable[[str, list[Passage]], bool],
+    answer: Callable[[EvalQuestion], Answer] | None = None,
+) -> EvalReport:
+    """Run every question: `search` gives (ranked passages, rewritten query or None);
+    `is_refused(query searched, passages)` says whether they make the answer "not found";
+    `answer`, when given, generates the answer for citation precision."""
+    report = EvalReport()
+    for q in questions:
+        started = time.perf_counter()
+        passages, rewritten = search(q)
+        search_ms = (time.perf_counter() - started) * 1000
+        result = QuestionResult(
+            q,
+            first_hit(q, passages),
+            is_refused(rewritten or q.question, passages),
+            search_ms,
+            rewritten,
+        )
+        if answer is not None and not result.refused:
+            started = time.perf_counter()
+            reply = answer(q)
+            result.answer_s = time.perf_counter() - started
+            result.refused = reply.not_found or bool(_SAYS_NOT_FOUND.search(reply.answer))
+            cited = [c for c in reply.citations if c.cited]
+            result.cited = len(cited)
+            if q.answer is not None:
+                result.cited_hits = sum(contains_answer(c.text, q.answer) for c in cited)
+        report.results.append(result)
+    return report
+
+
+def render_report(report: dict[str, Any]) -> str:
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    lines = [
+        f"{report['questions']} questions ({report['answerable']} answerable, "
+        f"{report['unanswerable']} unanswerable)",
+        f"retrieval   hit@1 {pct(report['hit_at_1'])}  hit@5 {pct(report['hit_at_5'])}  "
+        f"MRR {report['mrr'] if report['mrr'] is not None else 'n/a'}",
+        f"citations   precision {pct(report['citation_precision'])}"
+        + ("" if report["answer_s"] else "  (run with --generate to measure)"),
+        f"not found   correct on unanswerable {pct(report['not_found_accuracy'])}  "
+        f"wrongly on answerable {pct(report['false_not_found'])}",
+        f"latency     search p50 {report['search_ms']['p50']:.1f} ms  "
+        f"p95 {report['search_ms']['p95']:.1f} ms",
+    ]
+    if report["answer_s"]:
+        lines.append(
+            f"            answer p50 {report['answer_s']['p50']:.1f} s  "
+            f"p95 {report['answer_s']['p95']:.1f} s"
+        )
+    lines += [f"  missed at 5: {q}" for q in report["missed_at_5"]]
+    return "\n".join(lines)
+
+
+def _share(values: Sequence[Any], test: Callable[[Any], bool]) -> float | None:
+    return round(sum(1 for v in values if test(v)) / len(values), 4) if values else None
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": 0.0, "p95": 0.0}
+
+    def at(q: float) -> float:
+        return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)], 3)
+
+    return {"p50": at(0.5), "p95": at(0.95)}

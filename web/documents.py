@@ -1,0 +1,239 @@
+"""The documents of a collection over HTTP: list, upload (as an ingest job), remove, download.
+
+Every route takes the collection from the request and checks it against the API key's scope
+before it touches the index (403 outside the scope, whether the collection exists or not);
+a document id outside that collection is a 404, the same as one that does not exist.
+Reads run on their own thread and index handle, so a listing never waits behind generation
+on the model thread or behind an upload job on the writer thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from litestar import Request, delete, get, post
+from litestar.response import File, Response
+
+from rag.config import Settings
+from rag.errors import NotFoundError, UsageError
+from web.auth import AUTH_ONLY, Caller
+from web.jobs import JobRunner
+from web.models import ModelHost
+from web.uploads import receive_uploads, request_limit_bytes
+
+if TYPE_CHECKING:
+    from rag.store import Store, StoredDocument
+
+T = TypeVar("T")
+# Collections an upload may create: the names `rag keys add --collection` can scope.
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class Library:
+    """Read-only views of the index for these routes, off the event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-docs")
+        self._store: Store | None = None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _open(self) -> Store:
+        from rag.store import open_store
+
+        if self._store is None:
+            # Any embedding model: listing needs none. Strong consistency: a job's documents
+            # are listed the moment it says it is done.
+            self._store = open_store(self.settings.storage.data_path, None, 0, read_consistency_s=0)
+        return self._store
+
+    async def documents(self, collection: str) -> list[StoredDocument]:
+        docs = await self._read(lambda: self._open().documents(collection))
+        return sorted(docs.values(), key=lambda d: d.source)
+
+    async def find(self, collection: str, doc_id: str) -> StoredDocument | None:
+        docs = await self._read(lambda: self._open().documents(collection))
+        return docs.get(doc_id)
+
+    async def collections(self) -> list[str]:
+        return await self._read(lambda: self._open().collections())
+
+
+def _state(request: Request[Any, Any, Any]) -> tuple[Settings, Library, JobRunner]:
+    state = request.app.state
+    return state.models.settings, state.library, state.jobs
+
+
+def _collection(settings: Settings, caller: Caller, collection: str | None) -> str:
+    return caller.require(collection or settings.storage.collection)
+
+
+def _doc_json(doc: StoredDocument, runner: JobRunner) -> dict[str, Any]:
+    return {
+        "doc_id": doc.doc_id,
+        "source": doc.source,
+        "chunks": doc.chunks,
+        "pages": doc.pages,
+        # Only uploads are kept by the service; files `rag ingest` read stay where they are.
+        "downloadable": runner.upload_of(doc) is not None,
+    }
+
+
+@get(
+    "/api/collections",
+    dependencies=AUTH_ONLY,
+    summary="The collections this API key may read, and the default one",
+)
+async def list_collections(request: Request[Any, Any, Any], caller: Caller) -> dict[str, Any]:
+    settings, library, _ = _state(request)
+    default = settings.storage.collection
+    names = set(caller.visible(await library.collections()))
+    default_visible = bool(caller.visible([default]))
+    if default_visible:
+        names.add(default)
+    return {"default": default if default_visible else None, "collections": sorted(names)}
+
+
+@get(
+    "/api/documents",
+    dependencies=AUTH_ONLY,
+    summary="The documents of a collection, with chunk and page counts",
+)
+async def list_documents(
+    request: Request[Any, Any, Any], caller: Caller, collection: str | None = None
+) -> dict[str, Any]:
+    settings, library, runner = _state(request)
+    name = _collection(settings, caller, collection)
+    docs = await library.documents(name)
+    return {"collection": name, "documents": [_doc_json(d, runner) for d in docs]}
+
+
+async def upload_documents(
+    request: Request[Any, Any, Any], caller: Caller, collection: str | None = None
+) -> Response[dict[str, Any]]:
+    settings, _, runner = _state(request)
+    host: ModelHost = request.app.state.models
+    # Everything that can refuse the upload is checked before its bytes are read.
+    embedder = host.require().embedder
+    name = _collection(settings, caller, collection)
+    if not COLLECTION_NAME.match(name):
+        raise UsageError(f"collection {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    runner.check_capacity()
+    uploads = await receive_uploads(request, settings.server, settings.storage.data_path)
+    job = runner.submit(name, caller.name, uploads, embedder)
+    body = runner.snapshot(job)[1]
+    return Response(body, status_code=202, headers={"Location": f"/api/jobs/{job.id}"})
+
+
+def _remove(
+    runner: JobRunner, collection: str, match: Callable[[StoredDocument], bool]
+) -> tuple[list[StoredDocument], int]:
+    """On the writer thread: remove the matching documents in one commit, then their files."""
+    store = runner.writer_store()
+    with store.writer():
+        docs = [d for d in store.documents(collection).values() if match(d)]
+        chunks = store.delete_documents(collection, [d.doc_id for d in docs])
+        if docs:
+            store.maintain(wrote=True)
+    for doc in docs:
+        runner.remove_upload(doc)
+    return docs, chunks
+
+
+async def _remove_response(
+    runner: JobRunner, collection: str, what: str, match: Callable[[StoredDocument], bool]
+) -> dict[str, Any]:
+    docs, chunks = await runner.write(_remove, runner, collection, match)
+    if not docs:
+        raise NotFoundError(f"no document {what!r} in collection {collection!r}")
+    removed = [{"doc_id": d.doc_id, "source": d.source} for d in docs]
+    return {"collection": collection, "removed": removed, "chunks": chunks}
+
+
+@delete(
+    "/api/documents",
+    status_code=200,
+    dependencies=AUTH_ONLY,
+    summary="Remove a document by its source name",
+)
+async def remove_by_source(
+    request: Request[Any, Any, Any], caller: Caller, source: str, collection: str | None = None
+) -> dict[str, Any]:
+    settings, _, runner = _state(request)
+    name = _collection(settings, caller, collection)
+    return await _remove_response(runner, name, source, lambda d: d.source == source)
+
+
+@delete(
+    "/api/documents/{doc_id:str}",
+    status_code=200,
+    dependencies=AUTH_ONLY,
+    summary="Remove a document by its id",
+)
+async def remove_by_id(
+    request: Request[Any, Any, Any], caller: Caller, doc_id: str, collection: str | None = None
+) -> dict[str, Any]:
+    settings, _, runner = _state(request)
+    name = _collection(settings, caller, collection)
+    return await _remove_response(runner, name, doc_id, lambda d: d.doc_id == doc_id)
+
+
+@get(
+    "/api/documents/{doc_id:str}/source",
+    dependencies=AUTH_ONLY,
+    summary="Download an uploaded document's original file",
+)
+async def document_source(
+    request: Request[Any, Any, Any], caller: Caller, doc_id: str, collection: str | None = None
+) -> File:
+    settings, library, runner = _state(request)
+    name = _collection(settings, caller, collection)
+    doc = await library.find(name, doc_id)
+    if doc is None:
+        raise NotFoundError(f"no document {doc_id!r} in collection {name!r}")
+    path = runner.upload_of(doc)
+    if path is None or not await asyncio.to_thread(path.is_file):
+        raise NotFoundError(
+            f"{doc.source} has no stored original: only uploaded documents can be downloaded"
+        )
+    return File(
+        path,
+        filename=Path(doc.source).name or "document",
+        media_type="application/octet-stream",
+        content_disposition_type="attachment",
+        # An uploaded HTML file must never run as a page of this origin.
+        headers={
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox; default-src 'none'",
+        },
+    )
+
+
+def document_routes(settings: Settings) -> list[Any]:
+    # Only the upload route reads large bodies (its limit comes from the settings, hence the
+    # handler is made here); every other route keeps the app's 1 MB cap.
+    upload = post(
+        "/api/documents",
+        status_code=202,
+        dependencies=AUTH_ONLY,
+        request_max_body_size=request_limit_bytes(settings.server),
+        summary="Upload documents (multipart, field `files`); returns the ingest job to watch",
+    )(upload_documents)
+    return [
+        list_collections,
+        list_documents,
+        upload,
+        remove_by_source,
+        remove_by_id,
+        document_source,
+    ]

@@ -1,0 +1,141 @@
+"""Uploaded files: read from a multipart request within the limits, stored under made-up names.
+
+A client's file name is never used as a path. Each file is written to the uploads directory
+in the data dir under a random name (keeping only a suffix the parsers know, which decides
+how the file is read); the name the client sent, cleaned, becomes the document's `source`,
+shown as text and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from litestar import Request
+from litestar.datastructures import UploadFile
+from litestar.exceptions import ClientException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+
+from rag.config import ServerSettings
+from rag.errors import TooLargeError, UsageError
+
+UPLOADS_DIR = "uploads"
+FORM_FIELD = "files"
+MAX_NAME_CHARS = 200
+MIB = 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    name: str  # the client's file name, cleaned: the document's source
+    path: Path  # where it is stored, under a generated name
+    size_bytes: int
+
+
+def uploads_path(data_path: Path) -> Path:
+    return data_path / UPLOADS_DIR
+
+
+def request_limit_bytes(server: ServerSettings) -> int:
+    return server.upload_max_request_mb * MIB
+
+
+def clean_name(filename: str | None) -> str:
+    """The display name of an uploaded file: its last path part, printable, bounded."""
+    # Browsers send a base name; other clients may send a path, control characters or
+    # nothing. Whatever it is, it is only shown and compared, never opened.
+    base = re.split(r"[\\/]", filename or "")[-1]
+    base = " ".join("".join(ch for ch in base if ch.isprintable()).split())
+    if base in ("", ".", ".."):
+        base = "upload"
+    return base[:MAX_NAME_CHARS]
+
+
+async def receive_uploads(
+    request: Request[Any, Any, Any], server: ServerSettings, data_path: Path
+) -> list[Upload]:
+    """Read the request's `files` parts and store them; 413 past any limit, 400 if malformed."""
+    try:
+        form = await request.form()
+    except RequestEntityTooLarge:
+        raise TooLargeError(
+            f"the upload is over server.upload_max_request_mb = {server.upload_max_request_mb} "
+            "MiB; send fewer or smaller files per request"
+        ) from None
+    except ClientException as e:
+        # Litestar's multipart part limit is a 400 that says "Request Entity Too Large".
+        if "Too Large" in str(e.detail):
+            raise TooLargeError(
+                f"the upload has too many parts; send at most "
+                f"server.upload_max_files = {server.upload_max_files} files"
+            ) from None
+        raise UsageError(f"the upload is not valid multipart/form-data: {e.detail}") from None
+    parts = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    try:
+        files = [v for v in form.getall(FORM_FIELD, []) if isinstance(v, UploadFile)]
+        if not files:
+            raise UsageError(
+                f"send the documents as multipart/form-data file fields named {FORM_FIELD!r}"
+            )
+        if len(files) > server.upload_max_files:
+            raise TooLargeError(
+                f"{len(files)} files is over server.upload_max_files = {server.upload_max_files}"
+            )
+        names = [clean_name(f.filename) for f in files]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise UsageError(f"file name given more than once: {', '.join(repeated)}")
+        return await asyncio.to_thread(_store_all, files, names, server, uploads_path(data_path))
+    finally:
+        for part in parts:
+            await part.close()
+
+
+def _store_all(
+    files: list[UploadFile], names: list[str], server: ServerSettings, directory: Path
+) -> list[Upload]:
+    limit = server.upload_max_file_mb * MIB
+    sizes = [_size(f) for f in files]
+    for name, size in zip(names, sizes, strict=True):
+        if size > limit:
+            raise TooLargeError(
+                f"{name}: {size / MIB:.1f} MiB is over server.upload_max_file_mb = "
+                f"{server.upload_max_file_mb} MiB"
+            )
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stored: list[Upload] = []
+    try:
+        for f, name, size in zip(files, names, sizes, strict=True):
+            stored.append(Upload(name, _store(f, name, directory), size))
+    except OSError as e:
+        for upload in stored:
+            upload.path.unlink(missing_ok=True)
+        raise UsageError(f"cannot store the upload: {e.strerror}") from e
+    return stored
+
+
+def _size(f: UploadFile) -> int:
+    f.file.seek(0, os.SEEK_END)
+    size = f.file.tell()
+    f.file.seek(0)
+    return size
+
+
+def _store(f: UploadFile, name: str, directory: Path) -> Path:
+    from ingest.parsers import kind_of
+
+    # Only a suffix a parser reads survives (it picks the parser); any other file keeps none
+    # and its job reports it as unsupported.
+    suffix = Path(name).suffix.lower()
+    suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) and kind_of(Path(name)) else ""
+    path = directory / f"{uuid.uuid4().hex}{suffix}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(f.file, out, 1 << 20)
+    return path
