@@ -86,7 +86,9 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        replicas = [start_server(data), start_server(data)]
+        # No per-caller rate limit: the load is one caller on purpose.
+        unlimited = {"RAG_SERVER_RATE_LIMIT_PER_MIN": "0"}
+        replicas = [start_server(data, **unlimited), start_server(data, **unlimited)]
         urls = [base.removeprefix("http://") for _, base in replicas]
         results: dict[str, dict[str, float]] = {}
         try:
@@ -98,6 +100,9 @@ def main() -> None:
         finally:
             for proc, _ in replicas:
                 stop_server(proc)
+    failed = {name: r["errors"] for name, r in results.items() if r["errors"]}
+    if failed:
+        sys.exit(f"requests failed, so the rates mean nothing: {failed}")
     ratio = results["2_replica"]["requests_per_s"] / results["1_replica"]["requests_per_s"]
     print(
         f"/api/search through nginx, {args.clients} clients: 2 replicas / 1 replica = "
