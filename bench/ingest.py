@@ -76,7 +76,7 @@ def measure(
             embedder=embedder,
             store=store,
             batch_size=batch_size,
-            on_progress=lambda p: last.__setitem__(slice(None), [p]),
+            on_progress=last.append,
             ingest=IngestSettings(),
         )
         pipeline_s = time.perf_counter() - started
@@ -107,7 +107,7 @@ def measure(
         "ratio": round(encode_s / pipeline_s, 3),
         "hit_at_5": quality["hit_at_5"],
         "mrr": quality["mrr"],
-        "last_progress": repr(last[0]) if last else None,
+        "last_progress": repr(last[-1]) if last else None,
     }
 
 

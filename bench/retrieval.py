@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.build_debian_faq_eval import build as build_faq_eval  # noqa: E402
+from rag.chunkrows import chunk_schema  # noqa: E402
 from rag.config import ChunkingSettings, RetrievalSettings  # noqa: E402
 from rag.embedder import Embedder  # noqa: E402
 from rag.evaluation import DEPTH, EvalQuestion, first_hit, load_questions  # noqa: E402
@@ -317,23 +318,8 @@ def synthetic_table(store: Store, source: Store, collection: str, size: int, see
         table.add(to_arrow(batch, schema))
 
 
-_ROW_COLUMNS = [
-    "chunk_id",
-    "doc_id",
-    "collection",
-    "source",
-    "path",
-    "page",
-    "heading",
-    "text",
-    "char_start",
-    "char_end",
-    "chunk_index",
-    "text_hash",
-    "doc_hash",
-    "pipeline",
-    "vector",
-]
+# Every stored column, vectors included: the generated rows copy real ones.
+_ROW_COLUMNS = chunk_schema("", 1).names
 
 
 def percentile(values: list[float], q: float) -> float:

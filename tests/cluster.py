@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -18,14 +17,10 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 PROXY_RULES = ROOT / "compose" / "nginx" / "rag-proxy.conf"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def missing_tools() -> list[str]:

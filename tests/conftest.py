@@ -85,7 +85,7 @@ def sample_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 FAST_LLM_ENV = {"RAG_LLM_ANSWER_TOKENS": "24", "RAG_RETRIEVAL_K": "2"}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -93,7 +93,7 @@ def _free_port() -> int:
 
 def start_server(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str]:
     """Start `rag serve` on a free port; return the process and its base URL once ready."""
-    port = _free_port()
+    port = free_port()
     log = data_dir / f"serve-{port}.log"
     with log.open("w") as out:  # a file, not a pipe: nobody drains a pipe during the tests
         proc = subprocess.Popen(
