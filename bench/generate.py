@@ -39,7 +39,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rag.config import LlmSettings
-from rag.engine import Generation, MlxEngine, load_engine
+from rag.engine import Generation, MlxEngine, load_mlx_engine
 from rag.prompts import build_messages
 from rag.records import Passage
 
@@ -191,7 +191,7 @@ def main() -> None:
 
     backend = detect_hardware().backend
     t0 = time.perf_counter()
-    engine = load_engine(LlmSettings())
+    engine = load_mlx_engine(LlmSettings())
     load_s = time.perf_counter() - t0
     ids = rag_prompt(engine, args.prompt_tokens)
     n = args.answer_tokens
@@ -244,7 +244,7 @@ def main() -> None:
     # 2. the CPU tuning: tuned, fp32 scales alone, untuned load.
     print("\n2. CPU backend tuning (rag.cputune), same prompt, 2 runs each")
     if backend == "cpu":
-        untuned_engine = load_engine(LlmSettings(), tune=False)
+        untuned_engine = load_mlx_engine(LlmSettings(), tune=False)
 
         def fp32_run() -> Rates:
             unshard_matmuls(engine.model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from rag.citations import MarkerFilter, citations_for, clean_markers
 from rag.config import RetrievalSettings, Settings
@@ -18,6 +19,9 @@ from rag.rerank import llm_rerank
 from rag.retrieval import Retriever, is_relevant
 from rag.store import Store
 
+if TYPE_CHECKING:
+    from rag.remote import OpenAIEngine
+
 NOTHING_FOUND = "Nothing in your documents matches this question; ingest documents first."
 # Retrieval found passages, but none close enough to the question (retrieval.min_score).
 NOT_FOUND = "Not found in your documents."
@@ -29,7 +33,7 @@ class Answerer:
 
     store: Store
     embedder: Embedder
-    engine: MlxEngine
+    engine: MlxEngine | OpenAIEngine
     context_tokens: int
     answer_tokens: int
     temperature: float = 0.0
@@ -207,7 +211,9 @@ def load_answerer(settings: Settings, read_consistency_s: float | None = None) -
 
     The LLM is planned against this machine's memory first, from its metadata alone: one
     that does not fit is refused with the numbers before anything loads, and the context
-    is capped at what the plan says fits.
+    is capped at what the plan says fits. With llm.engine = "openai" the weights live on
+    the server: the context is what the server and the model allow, and no MLX memory is
+    planned here.
     """
     from rag.embedder import load_embedder
     from rag.engine import load_engine
@@ -216,20 +222,25 @@ def load_answerer(settings: Settings, read_consistency_s: float | None = None) -
     from rag.sizing import plan_configured
     from rag.store import open_store
 
-    served = plan_configured(settings, resolve_hardware(settings.hardware))
-    require_fit(served)
+    local = settings.llm.engine == "mlx"
+    context_tokens = settings.llm.context_tokens
+    planned_mlx_bytes = 0
+    if local:
+        served = plan_configured(settings, resolve_hardware(settings.hardware))
+        require_fit(served)
+        context_tokens = min(context_tokens, served.max_context_tokens)
+        planned_mlx_bytes = served.peak_bytes - served.embedder_bytes
+    # The remote engine first: an unreachable server is reported before the slow loads.
+    engine = load_engine(settings.llm)
     embedder = load_embedder(settings.embedding)
     store = open_store(settings.storage.data_path, embedder.name, embedder.dim, read_consistency_s)
-    engine = load_engine(settings.llm)
     return Answerer(
         store=store,
         embedder=embedder,
         engine=engine,
-        context_tokens=min(
-            settings.llm.context_tokens, engine.max_context_tokens, served.max_context_tokens
-        ),
+        context_tokens=min(context_tokens, engine.max_context_tokens),
         answer_tokens=settings.llm.answer_tokens,
         temperature=settings.llm.temperature,
         retrieval=settings.retrieval,
-        planned_mlx_bytes=served.peak_bytes - served.embedder_bytes,
+        planned_mlx_bytes=planned_mlx_bytes,
     )

@@ -297,7 +297,12 @@ class Batcher:
 
 
 def planned_concurrency(settings: Settings) -> int:
-    """llm.concurrency, capped by how many full contexts the memory plan fits at once."""
+    """llm.concurrency, capped by how many full contexts the memory plan fits at once.
+
+    With llm.engine = "openai" the server holds the KV caches and plans its own batches.
+    """
+    if settings.llm.engine == "openai":
+        return settings.llm.concurrency
     from rag.hardware import resolve_hardware
     from rag.sizing import plan_configured
 

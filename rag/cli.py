@@ -684,6 +684,50 @@ def restore(ctx: click.Context, src: Path, force: bool, as_json: bool) -> None:
 
 
 @main.group()
+def models() -> None:
+    """Model files: convert them for other engines."""
+
+
+@models.command("convert")
+@click.argument("source")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option(
+    "--bits",
+    type=click.Choice(["4", "8"]),
+    default="4",
+    show_default=True,
+    help="Quantization of a Hugging Face source (a GGUF keeps its own).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_handle_errors
+def models_convert(source: str, directory: Path, bits: str, as_json: bool) -> None:
+    """Write an MLX model directory DIRECTORY from SOURCE.
+
+    SOURCE: "bundled", a .gguf file (Q4_0, Q4_1, Q8_0, F16 or F32; its weights are kept as
+    they are) or a Hugging Face model directory (quantized with mlx_lm). mlx_lm and
+    mlx_lm.server load the result (`mlx_lm.server --model DIRECTORY`), and so does
+    llm.model.
+    """
+    from rag.modeldir import convert_model
+
+    done = convert_model(source, directory, bits=int(bits))
+    result = {
+        "source": done.source,
+        "directory": str(done.directory),
+        "bits": done.bits,
+        "weight_bytes": done.weight_bytes,
+        "method": done.method,
+    }
+    if as_json:
+        _emit_json(result)
+    else:
+        click.echo(
+            f"wrote {done.directory} ({done.weight_bytes / 1e6:.0f} MB of weights, "
+            f"{done.bits or 'unquantized'}-bit) from {done.source}"
+        )
+
+
+@main.group()
 def report() -> None:
     """Reports from what the service recorded."""
 

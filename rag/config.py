@@ -76,6 +76,7 @@ class RetrievalSettings:
 
 @dataclass(frozen=True)
 class LlmSettings:
+    engine: str = "mlx"
     model: str = "bundled"
     context_tokens: int = 2048
     answer_tokens: int = 160
@@ -84,6 +85,10 @@ class LlmSettings:
     concurrency: int = 4
     stop: str = ""
     cpu_threads: int = 0
+    base_url: str = ""
+    served_model: str = ""
+    api_key_env: str = "LLM_API_KEY"
+    connect_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -224,6 +229,7 @@ def validate(settings: Settings) -> None:
     if settings.embedding.batch_size < 1:
         raise ConfigError(f"embedding.batch_size = {settings.embedding.batch_size}: use at least 1")
     llm = settings.llm
+    _validate_engine(llm, settings.retrieval)
     if llm.answer_tokens < 1 or llm.context_tokens <= llm.answer_tokens:
         raise ConfigError(
             f"llm.answer_tokens = {llm.answer_tokens} must be >= 1 and below "
@@ -265,6 +271,25 @@ def validate(settings: Settings) -> None:
     if settings.maintenance.interval_h < 0:
         raise ConfigError(
             f"maintenance.interval_h = {settings.maintenance.interval_h}: must be >= 0"
+        )
+
+
+def _validate_engine(llm: LlmSettings, retrieval: RetrievalSettings) -> None:
+    if llm.engine not in ("mlx", "openai"):
+        raise ConfigError(f"llm.engine = {llm.engine!r}: use mlx or openai")
+    if llm.engine != "openai":
+        return
+    if not llm.base_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f'llm.base_url = {llm.base_url!r}: llm.engine = "openai" needs the server\'s '
+            "OpenAI API root, e.g. http://127.0.0.1:8080/v1"
+        )
+    if llm.connect_timeout_s <= 0:
+        raise ConfigError(f"llm.connect_timeout_s = {llm.connect_timeout_s}: must be > 0")
+    if retrieval.rerank == "llm":
+        raise ConfigError(
+            'retrieval.rerank = "llm" scores passages with the local model\'s logits; use '
+            'it with llm.engine = "mlx", or set retrieval.rerank = "none"'
         )
 
 

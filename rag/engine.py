@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from rag.batching import Batcher
+    from rag.remote import OpenAIEngine
 
 # mlx-lm's KV quantization group size (the planner assumes the same).
 KV_GROUP_SIZE = 64
@@ -574,11 +575,21 @@ def bundled_model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def load_engine(settings: LlmSettings, *, tune: bool = True) -> MlxEngine:
+def load_engine(settings: LlmSettings, *, tune: bool = True) -> MlxEngine | OpenAIEngine:
     """Load the configured model: the bundled GGUF, a .gguf file, an MLX dir or a cached hub id.
 
-    `tune=False` skips the backend tuning (rag.cputune), for measuring what it gains.
+    With llm.engine = "openai" only its tokenizer loads, and generation goes to
+    llm.base_url (rag.remote). `tune=False` skips the backend tuning (rag.cputune), for
+    measuring what it gains.
     """
+    if settings.engine == "openai":
+        from rag.remote import load_remote_engine
+
+        return load_remote_engine(settings)
+    return load_mlx_engine(settings, tune=tune)
+
+
+def load_mlx_engine(settings: LlmSettings, *, tune: bool = True) -> MlxEngine:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = settings.model
     path = bundled_model_path() if spec == "bundled" else Path(spec).expanduser()

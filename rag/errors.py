@@ -45,6 +45,12 @@ class ModelLoadError(RagError):
     http_status = 503
 
 
+class EngineError(RagError):
+    """The generation server (llm.engine = "openai") cannot be reached or failed a request."""
+
+    http_status = 502
+
+
 class InsufficientMemoryError(RagError):
     """A model or a request does not fit the memory or context budget."""
 

@@ -17,6 +17,7 @@ from rag.errors import ModelLoadError
 if TYPE_CHECKING:
     import mlx.nn as nn
     from mlx_lm.tokenizer_utils import TokenizerWrapper
+    from transformers import PreTrainedTokenizerBase
 
 # mx.load unpacks every GGUF block type it keeps quantized into groups of 32 values.
 GROUP_SIZE = 32
@@ -115,7 +116,10 @@ def load_gguf(
     # What the weights occupy once loaded, which is not the file size after the cast above.
     config["weight_bytes"] = sum(a.nbytes for _, a in tree_flatten(model.parameters()))
 
-    tokenizer = _load_tokenizer(path, metadata)
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+    template = metadata.get("tokenizer.chat_template")
+    tokenizer = TokenizerWrapper(load_gguf_tokenizer(path, template))
     return model, tokenizer, config
 
 
@@ -206,17 +210,16 @@ def _layer_bits(weights: dict[str, Any]) -> dict[str, int]:
     return bits
 
 
-def _load_tokenizer(path: Path, metadata: dict[str, Any]) -> TokenizerWrapper:
-    from mlx_lm.tokenizer_utils import TokenizerWrapper
+def load_gguf_tokenizer(path: Path, chat_template: str | None) -> PreTrainedTokenizerBase:
+    """The Hugging Face tokenizer a GGUF file carries, with its chat template."""
     from transformers import AutoTokenizer
 
     try:
-        hf_tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer = AutoTokenizer.from_pretrained(
             str(path.parent), gguf_file=path.name, local_files_only=True
         )
     except (OSError, ValueError, KeyError, ImportError) as e:
         raise ModelLoadError(f"cannot build the tokenizer of {path.name}: {e}") from e
-    if hf_tokenizer.chat_template is None and "tokenizer.chat_template" in metadata:
-        hf_tokenizer.chat_template = metadata["tokenizer.chat_template"]
-
-    return TokenizerWrapper(hf_tokenizer)
+    if tokenizer.chat_template is None and chat_template:
+        tokenizer.chat_template = chat_template
+    return tokenizer

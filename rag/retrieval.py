@@ -94,5 +94,17 @@ def is_relevant(passages: Sequence[Passage], min_score: float, query: str = "") 
     as a command name embed poorly but match exactly)."""
     if any(p.score >= min_score for p in passages):
         return True
-    wanted = {part for word in content_words(query) for part in _WORD.findall(word)}
-    return bool(wanted) and any(wanted <= set(_WORD.findall(p.text.lower())) for p in passages)
+    wanted = {_stem(part) for word in content_words(query) for part in _WORD.findall(word)}
+    return bool(wanted) and any(
+        wanted <= {_stem(w) for w in _WORD.findall(p.text.lower())} for p in passages
+    )
+
+
+def _stem(word: str) -> str:
+    """Crude suffix stripping, so that "promotes" matches "promote" and "databases"
+    "database" in the word rule above (the full-text index stems on its own)."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if len(word) > len(suffix) + 3 and word.endswith(suffix) and not word.endswith("ss"):
+            word = word[: -len(suffix)]
+            break
+    return word.removesuffix("e")

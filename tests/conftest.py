@@ -15,7 +15,7 @@ import pytest
 
 from rag.config import EmbeddingSettings, LlmSettings, Settings, StorageSettings
 from rag.embedder import Embedder, load_embedder
-from rag.engine import MlxEngine, load_engine
+from rag.engine import MlxEngine, load_mlx_engine
 from rag.store import Store, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ def embedder() -> Embedder:
 
 @pytest.fixture(scope="session")
 def engine() -> MlxEngine:
-    return load_engine(LlmSettings())
+    return load_mlx_engine(LlmSettings())
 
 
 @pytest.fixture

@@ -101,7 +101,8 @@ def _compose_environment() -> dict[str, str]:
         for service in ("rag", "ingest"):
             for key, value in (services.get(service, {}).get("environment") or {}).items():
                 if key.startswith("RAG_"):
-                    env[key] = str(value)
+                    # What a replica gets with nothing set on the host: ${VAR:-default}.
+                    env[key] = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
     return env
 
 

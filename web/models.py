@@ -76,13 +76,16 @@ class ModelHost:
             from rag.batching import planned_concurrency
 
             self.concurrency = planned_concurrency(self.settings)
-            batcher = answerer.engine.start_batching(self.concurrency, idle=self._unlocked)
+            answerer.engine.start_batching(self.concurrency, idle=self._unlocked)
+            batcher = answerer.engine.batcher  # None: a remote server batches
             track_memory(answerer.planned_mlx_bytes)
             self.answerer = answerer
             log.info(
                 "models loaded; generating up to %d requests at once%s",
                 self.concurrency,
-                "" if batcher.batched else " (one at a time: this KV cache cannot be batched)",
+                ""
+                if batcher is None or batcher.batched
+                else " (one at a time: this KV cache cannot be batched)",
             )
         except RagError as e:
             self.load_error = e.message

@@ -1,0 +1,118 @@
+"""Write an MLX model directory (config.json, safetensors weights, tokenizer) from a model file.
+
+`rag models convert` uses it so that tools that load MLX model directories, mlx_lm and
+mlx_lm.server among them, can serve the same model rag runs. Two kinds of source:
+
+- a GGUF file (or "bundled"): loaded by rag.gguf, which keeps the file's own quantization,
+  and saved as it is, so the directory holds the same 4-bit weights and answers the same
+  tokens;
+- a Hugging Face model directory (safetensors + config.json): quantized by mlx_lm's own
+  converter.
+
+The directory is written next to its destination and renamed into place, so a failed
+conversion never leaves a half-written model where a server would look for one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rag.errors import ModelLoadError, UsageError
+
+# Keys rag.gguf adds to the model arguments for the planner; not model arguments.
+_PLANNER_KEYS = ("file_size_bytes", "weight_bytes", "gguf_file_type")
+
+
+@dataclass(frozen=True)
+class Conversion:
+    source: str
+    directory: Path
+    bits: int | None
+    weight_bytes: int
+    # What wrote it: "gguf" (weights kept as the file has them) or "mlx_lm" (quantized).
+    method: str
+
+
+def convert_model(source: str, directory: Path, *, bits: int = 4) -> Conversion:
+    """Write the MLX model directory `directory` from `source`; it must not exist yet."""
+    directory = Path(directory).expanduser()
+    if directory.exists() and any(directory.iterdir()):
+        raise UsageError(f"{directory} already exists and is not empty; give a new directory")
+    if bits not in (4, 8):
+        raise UsageError(f"--bits {bits}: use 4 or 8")
+    from rag.engine import bundled_model_path
+
+    path = bundled_model_path() if source == "bundled" else Path(source).expanduser()
+    if not path.exists():
+        raise UsageError(f"{source}: no such file or directory")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory.parent, prefix=".convert-") as scratch:
+        staged = Path(scratch) / "model"
+        if path.suffix == ".gguf":
+            quant_bits = _write_from_gguf(path, staged)
+            method = "gguf"
+        elif path.is_dir():
+            quant_bits = _write_from_hf(path, staged, bits)
+            method = "mlx_lm"
+        else:
+            raise UsageError(
+                f"{source}: give a .gguf file, 'bundled', or a Hugging Face model directory"
+            )
+        if directory.exists():
+            directory.rmdir()  # empty, checked above
+        staged.rename(directory)
+    weight_bytes = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
+    return Conversion(str(path), directory, quant_bits, weight_bytes, method)
+
+
+def _write_from_gguf(path: Path, staged: Path) -> int | None:
+    from mlx_lm.utils import save_config, save_model
+
+    from rag.engine import end_of_turn_token
+    from rag.gguf import load_gguf
+
+    # tune=False: the weights exactly as the file has them, not rag's CPU-tuned copies.
+    model, tokenizer, config = load_gguf(path, tune=False)
+    arguments = {k: v for k, v in config.items() if k not in _PLANNER_KEYS}
+    hf_tokenizer = tokenizer._tokenizer
+    # mlx_lm stops on these ids; the GGUF's EOS is often the document end rather than the
+    # token that closes an assistant turn, so a server would otherwise run to max_tokens.
+    eos_ids = set(tokenizer.eos_token_ids)
+    end_of_turn = end_of_turn_token(hf_tokenizer)
+    if end_of_turn is not None:
+        eos_ids.add(hf_tokenizer.convert_tokens_to_ids(end_of_turn))
+    arguments["eos_token_id"] = sorted(eos_ids)
+    save_model(staged, model)
+    save_config(arguments, config_path=staged / "config.json")
+    hf_tokenizer.save_pretrained(staged)
+    quantization = arguments.get("quantization")
+    return quantization["bits"] if quantization else None
+
+
+def _write_from_hf(path: Path, staged: Path, bits: int) -> int:
+    config_file = path / "config.json"
+    if not config_file.is_file() or not any(path.glob("*.safetensors")):
+        raise UsageError(
+            f"{path} is not a Hugging Face model directory (config.json and *.safetensors)"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {config_file}: {e}") from e
+    if config.get("quantization"):
+        raise UsageError(
+            f"{path} is already a quantized MLX model directory: set llm.model to it, "
+            "or serve it with mlx_lm.server as it is"
+        )
+    from mlx_lm import convert
+
+    try:
+        convert(str(path), str(staged), quantize=True, q_bits=bits)
+    except Exception as e:  # mlx_lm raises many types for unsupported architectures
+        shutil.rmtree(staged, ignore_errors=True)
+        raise ModelLoadError(f"mlx_lm cannot convert {path}: {e}") from e
+    return bits
