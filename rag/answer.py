@@ -214,12 +214,12 @@ def load_answerer(settings: Settings, read_consistency_s: float | None = None) -
     from rag.hardware import resolve_hardware
     from rag.planner import require_fit
     from rag.sizing import plan_configured
-    from rag.store import open_store
+    from rag.store import open_index
 
     served = plan_configured(settings, resolve_hardware(settings.hardware))
     require_fit(served)
     embedder = load_embedder(settings.embedding)
-    store = open_store(settings.storage.data_path, embedder.name, embedder.dim, read_consistency_s)
+    store = open_index(settings.storage, embedder.name, embedder.dim, read_consistency_s)
     engine = load_engine(settings.llm)
     return Answerer(
         store=store,
