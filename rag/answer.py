@@ -220,7 +220,7 @@ def load_answerer(settings: Settings, read_consistency_s: float | None = None) -
     from rag.hardware import resolve_hardware
     from rag.planner import require_fit
     from rag.sizing import plan_configured
-    from rag.store import open_store
+    from rag.store import open_index
 
     local = settings.llm.engine == "mlx"
     context_tokens = settings.llm.context_tokens
@@ -233,7 +233,7 @@ def load_answerer(settings: Settings, read_consistency_s: float | None = None) -
     # The remote engine first: an unreachable server is reported before the slow loads.
     engine = load_engine(settings.llm)
     embedder = load_embedder(settings.embedding)
-    store = open_store(settings.storage.data_path, embedder.name, embedder.dim, read_consistency_s)
+    store = open_index(settings.storage, embedder.name, embedder.dim, read_consistency_s)
     return Answerer(
         store=store,
         embedder=embedder,

@@ -22,6 +22,11 @@ crash never leaves a DEST that looks whole:
 
 Restore verifies the manifest against the copy, copies data/ beside the target, verifies
 again, and renames it into place; it refuses a target that holds anything without --force.
+
+With the index in an object store (storage.uri) the backup reads it there the same way and
+DEST is an ordinary local backup. Restore writes a local data dir only: it refuses while
+storage.uri is set, since swapping a bucket's prefix whole is not one rename (restore
+locally, then re-ingest into the bucket, or use the bucket's own versioning).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import NotFoundError, RagError, StoreError, UsageError
+from rag.objectstore import IndexLocation, local_location
 
 FORMAT = 1
 MANIFEST = "backup.json"
@@ -51,14 +57,21 @@ _NOT_CONTENT = {"writer.lock"}
 
 
 def create_backup(
-    data_path: Path, dest: Path, config_path: Path | None, on_retry: Callable[[str], None] | None
+    data_path: Path,
+    dest: Path,
+    config_path: Path | None,
+    on_retry: Callable[[str], None] | None,
+    location: IndexLocation | None = None,
 ) -> dict[str, Any]:
-    """Back up the index under `data_path` and its settings into the new directory `dest`."""
+    """Back up the index (under `data_path`, or at `location`) and its settings into `dest`."""
     from rag.apikeys import KEYS_FILE
 
     started = time.monotonic()
     dest = dest.expanduser().absolute()
     source = data_path.expanduser().absolute()
+    location = location or local_location(source)
+    if location.remote:
+        source.mkdir(parents=True, exist_ok=True)  # the keys live here, the index in the bucket
     if not source.is_dir():
         raise NotFoundError(f"no data dir at {source} (storage.data_dir): nothing to back up")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -69,7 +82,7 @@ def create_backup(
     try:
         shutil.rmtree(partial, ignore_errors=True)
         (partial / DATA).mkdir(parents=True)
-        manifest = _copy_index_with_retries(source, partial / DATA, on_retry)
+        manifest = _copy_index_with_retries(source, location, partial / DATA, on_retry)
         keys = source / KEYS_FILE
         if keys.is_file():  # replaced whole by rag keys (os.replace): never half a file
             shutil.copy2(keys, partial / DATA / KEYS_FILE)
@@ -93,16 +106,16 @@ def create_backup(
 
 
 def _copy_index_with_retries(
-    source: Path, out: Path, on_retry: Callable[[str], None] | None
+    source: Path, location: IndexLocation, out: Path, on_retry: Callable[[str], None] | None
 ) -> dict[str, Any]:
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            return _copy_index(source, out)
+            return _copy_index(source, location, out)
         except (OSError, RuntimeError, ValueError) as e:
             # Most likely the pinned version's files were pruned under us: start again.
             if attempt == _ATTEMPTS:
                 raise StoreError(
-                    f"could not read a consistent version of the index at {source} in "
+                    f"could not read a consistent version of the index at {location.uri} in "
                     f"{_ATTEMPTS} attempts: {e}"
                 ) from e
             if on_retry:
@@ -111,19 +124,19 @@ def _copy_index_with_retries(
     raise AssertionError("unreachable")
 
 
-def _copy_index(source: Path, out: Path) -> dict[str, Any]:
+def _copy_index(source: Path, location: IndexLocation, out: Path) -> dict[str, Any]:
     """Copy the live rows of the active table's latest version; return the manifest."""
     import lancedb
     import pyarrow.compute as pc
 
     from rag.store import POINTER_FILE, VECTOR_INDEX, open_store
 
-    name = open_store(source, None, 0).active_table_name()
+    name = open_store(source, None, 0, location=location).active_table_name()
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "rag_version": _rag_version(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "source": str(source),
+        "source": location.uri if location.remote else str(source),
         "table": name,
         "table_version": 0,
         "embedding_model": None,
@@ -133,9 +146,14 @@ def _copy_index(source: Path, out: Path) -> dict[str, Any]:
         "indexes": [],
     }
     try:
-        table = lancedb.connect(source / DB_DIR).open_table(name)
-    except (FileNotFoundError, ValueError):  # nothing ingested yet: keys and config only
-        return manifest
+        db = lancedb.connect(location.uri, storage_options=location.storage_options or None)
+        table = db.open_table(name)
+    except (FileNotFoundError, ValueError) as e:
+        if location.remote and "was not found" not in str(e):
+            from rag.objectstore import store_error
+
+            raise store_error(e, location, "reading the index for the backup") from e
+        return manifest  # nothing ingested yet: keys and config only
     version = int(table.version)
     table.checkout(version)  # pinned: every read below sees this version only
     schema = table.schema

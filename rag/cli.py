@@ -131,6 +131,7 @@ def ingest(
     waits for it (storage.lock_wait_s).
     """
     from rag.errors import UsageError
+    from rag.objectstore import index_location
     from rag.writelock import write_lock
 
     if not paths and not reembed:
@@ -138,7 +139,14 @@ def ingest(
     settings = _settings(ctx)
     # Take the writer lock before the slow model load, so a second ingest says at once
     # that it waits (or gives up) instead of after loading a model it cannot use yet.
-    with write_lock(settings.storage.data_path, settings.storage.lock_wait_s, _say):
+    storage = settings.storage
+    with write_lock(
+        storage.data_path,
+        storage.lock_wait_s,
+        _say,
+        location=index_location(storage),
+        lease_s=storage.lease_s,
+    ):
         _ingest(settings, paths, collection, sync, reembed, as_json)
 
 
@@ -153,16 +161,10 @@ def _ingest(
     from ingest.pipeline import IngestReport, run_ingest
     from ingest.reembed import reembed as rebuild
     from rag.embedder import load_embedder
-    from rag.store import open_store
+    from rag.store import open_index
 
     embedder = load_embedder(settings.embedding)
-    store = open_store(
-        settings.storage.data_path,
-        embedder.name,
-        embedder.dim,
-        lock_wait_s=settings.storage.lock_wait_s,
-        keep_versions_s=settings.storage.keep_versions_s,
-    )
+    store = open_index(settings.storage, embedder.name, embedder.dim)
     store.vector_index_rows = settings.retrieval.vector_index_rows
     progress = _ProgressLine()
     reembedded = 0
@@ -225,11 +227,11 @@ def docs() -> None:
 @_handle_errors
 def docs_list(ctx: click.Context, collection: str | None, as_json: bool) -> None:
     """Show each document of a collection with its chunk and page counts."""
-    from rag.store import open_store
+    from rag.store import open_index
 
     settings = _settings(ctx)
     name = collection or settings.storage.collection
-    store = open_store(settings.storage.data_path, None, 0)
+    store = open_index(settings.storage, None, 0)
     found = sorted(store.documents(name).values(), key=lambda d: d.source)
     rows = [
         {
@@ -260,13 +262,11 @@ def docs_list(ctx: click.Context, collection: str | None, as_json: bool) -> None
 def docs_rm(ctx: click.Context, sources: tuple[str, ...], collection: str | None) -> None:
     """Remove documents (as `rag docs list` names them, or by file path) with their chunks."""
     from rag.errors import NotFoundError
-    from rag.store import open_store
+    from rag.store import REMOVAL_KEEP_VERSIONS_S, open_index
 
     settings = _settings(ctx)
     name = collection or settings.storage.collection
-    store = open_store(
-        settings.storage.data_path, None, 0, lock_wait_s=settings.storage.lock_wait_s
-    )
+    store = open_index(settings.storage, None, 0, keep_versions_s=REMOVAL_KEEP_VERSIONS_S)
     with store.writer(on_wait=_say):
         stored = store.documents(name).values()
         ids: list[str] = []
@@ -341,13 +341,13 @@ def search(
     """Show the passages that best match QUERY, without generating an answer."""
     from rag.embedder import load_embedder
     from rag.retrieval import Retriever
-    from rag.store import open_store
+    from rag.store import open_index
 
     settings = _settings(ctx)
     if not query.strip():
         raise UsageError("the query is empty")
     embedder = load_embedder(settings.embedding)
-    store = open_store(settings.storage.data_path, embedder.name, embedder.dim)
+    store = open_index(settings.storage, embedder.name, embedder.dim)
     retriever = Retriever(store, embedder, settings.retrieval)
     hits = retriever.search(
         query, collection or settings.storage.collection, k or settings.retrieval.k
@@ -419,10 +419,10 @@ def _eval_runners(settings: Settings, collection: str, generate: bool) -> tuple[
         embedder, store = answerer.embedder, answerer.store
     else:
         from rag.embedder import load_embedder
-        from rag.store import open_store
+        from rag.store import open_index
 
         embedder = load_embedder(settings.embedding)
-        store = open_store(settings.storage.data_path, embedder.name, embedder.dim)
+        store = open_index(settings.storage, embedder.name, embedder.dim)
     from rag.retrieval import Retriever
 
     retriever = Retriever(store, embedder, r)
@@ -636,10 +636,15 @@ def backup(ctx: click.Context, dest: Path, as_json: bool) -> None:
     """
     from rag.backup import create_backup
     from rag.config import config_file
+    from rag.objectstore import index_location
 
     settings = _settings(ctx)
     manifest = create_backup(
-        settings.storage.data_path, dest, config_file(ctx.obj.get("config_path")), _say
+        settings.storage.data_path,
+        dest,
+        config_file(ctx.obj.get("config_path")),
+        _say,
+        index_location(settings.storage),
     )
     if as_json:
         _emit_json(manifest)
@@ -663,8 +668,15 @@ def restore(ctx: click.Context, src: Path, force: bool, as_json: bool) -> None:
     that holds anything unless --force; stop `rag serve` and ingests before restoring.
     """
     from rag.backup import restore_backup
+    from rag.errors import ConfigError
 
     settings = _settings(ctx)
+    if settings.storage.remote:
+        raise ConfigError(
+            f"rag restore writes a local data dir, and storage.uri = {settings.storage.uri!r} "
+            "puts the index in an object store: restore with RAG_STORAGE_URI= (empty) into "
+            "a local data dir, then re-ingest into the bucket or use the bucket's versioning"
+        )
     result = restore_backup(
         src, settings.storage.data_path, force, settings.storage.lock_wait_s, _say
     )

@@ -26,10 +26,20 @@ class StorageSettings:
     collection: str = "default"
     lock_wait_s: float = 600.0
     keep_versions_s: float = 86400.0
+    uri: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    s3_allow_http: bool = False
+    lease_s: float = 30.0
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser()
+
+    @property
+    def remote(self) -> bool:
+        """Whether the index lives in an object store rather than under data_dir."""
+        return bool(self.uri.strip())
 
 
 @dataclass(frozen=True)
@@ -216,6 +226,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError("ingest.parse_workers and ingest.flush_chunks must be at least 1")
     if settings.storage.lock_wait_s < 0 or settings.storage.keep_versions_s < 0:
         raise ConfigError("storage.lock_wait_s and storage.keep_versions_s must be >= 0")
+    _validate_storage_uri(settings.storage)
     _validate_retrieval(settings.retrieval)
     _validate_cost(settings.cost)
     if settings.embedding.device not in ("auto", "cpu", "cuda", "mps"):
@@ -291,6 +302,31 @@ def _validate_engine(llm: LlmSettings, retrieval: RetrievalSettings) -> None:
             'retrieval.rerank = "llm" scores passages with the local model\'s logits; use '
             'it with llm.engine = "mlx", or set retrieval.rerank = "none"'
         )
+
+
+def _validate_storage_uri(storage: StorageSettings) -> None:
+    uri = storage.uri.strip()
+    if uri and not uri.startswith("s3://"):
+        raise ConfigError(
+            f'storage.uri = {storage.uri!r}: use "" (the index under storage.data_dir) or '
+            "s3://bucket/prefix"
+        )
+    if uri and not uri[len("s3://") :].split("/", 1)[0]:
+        raise ConfigError(f"storage.uri = {storage.uri!r} names no bucket: s3://bucket/prefix")
+    endpoint = storage.s3_endpoint.strip()
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"storage.s3_endpoint = {storage.s3_endpoint!r}: give a URL, http(s)://host:port"
+        )
+    if endpoint.startswith("http://") and not storage.s3_allow_http:
+        raise ConfigError(
+            f"storage.s3_endpoint = {endpoint!r} is plain http: set storage.s3_allow_http = "
+            "true to allow it (keys and documents then cross the network unencrypted)"
+        )
+    # The holder refreshes the lease every third of it; under a few seconds a slow request
+    # to the store would lose it.
+    if storage.lease_s < 1:
+        raise ConfigError(f"storage.lease_s = {storage.lease_s}: use at least 1")
 
 
 def _validate_retrieval(r: RetrievalSettings) -> None:

@@ -7,6 +7,7 @@ full-text index has not taken in yet.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rag.config import Settings
@@ -18,19 +19,31 @@ REINGEST_FIX = "run `rag ingest` on your documents again: it brings the index up
 
 def inspect_index(settings: Settings, configured: tuple[str, int]) -> list[Check]:
     """Checks of the active table; `configured` is the (model, dim) the config embeds with."""
-    data_path = settings.storage.data_path
-    if not (data_path / "lancedb").is_dir():
-        return [Check("index", OK, f"no index yet at {data_path}; `rag ingest PATH` builds it")]
+    from rag.objectstore import index_location
+
+    location = index_location(settings.storage)
+    where = location.describe()
+    if not location.remote and not Path(location.uri).is_dir():
+        return [Check("index", OK, f"no index yet at {where}; `rag ingest PATH` builds it")]
     import lancedb
 
     from rag.chunkrows import REQUIRED_COLUMNS
-    from rag.store import open_store
+    from rag.errors import StoreError
+    from rag.store import open_index
 
-    name = open_store(data_path, None, 0).active_table_name()
     try:
-        table = lancedb.connect(data_path / "lancedb").open_table(name)
-    except ValueError:  # LanceDB's "Table ... was not found": nothing ingested yet
-        return [Check("index", OK, f"no index table yet at {data_path}")]
+        name = open_index(settings.storage, None, 0).active_table_name()
+        db = lancedb.connect(location.uri, storage_options=location.storage_options or None)
+        table = db.open_table(name)
+    except StoreError as e:
+        return [Check("index", FAIL, e.message, "fix the [storage] settings or the environment")]
+    except (OSError, RuntimeError, ValueError) as e:
+        if "was not found" not in str(e):
+            from rag.objectstore import store_error
+
+            problem = store_error(e, location, "opening the index").message
+            return [Check("index", FAIL, problem, "fix the [storage] settings or the environment")]
+        return [Check("index", OK, f"no index table yet at {where}")]
     stored = _stored_model(table.schema)
     checks = [_check_model(stored, configured)]
     missing = [c for c in REQUIRED_COLUMNS if c not in table.schema.names]

@@ -12,7 +12,10 @@ rows; see `Store.compact(erase=True)` and `_rewrite`.
 The schedule is `maintenance.interval_h`: the time of the last successful pass is kept in the
 data dir, and a pass that is not due returns at once, so cron or launchd may call
 `rag maintain` every few minutes. The pass holds the writer lock; an ingest running then
-makes it wait (storage.lock_wait_s).
+makes it wait (storage.lock_wait_s). With the index in an object store (storage.uri) the
+pass runs the same way through LanceDB, under the bucket's writer lease, and measures the
+objects under the index's prefix; run it from one machine (the schedule is kept per data
+dir, the lease keeps two passes from overlapping).
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ def run_maintenance(
     settings: Settings, force: bool = False, on_wait: Callable[[str], None] | None = None
 ) -> MaintenanceReport:
     """Run the pass when it is due (or `force`); report what it reclaimed."""
-    from rag.store import open_store
+    from rag.store import open_index
 
     data_path = settings.storage.data_path
     keep_s = settings.storage.keep_versions_s
@@ -108,31 +111,25 @@ def run_maintenance(
     if not force and (due is None or due > 0):
         return report
     report.reason = "forced" if force else "due"
-    if not data_path.is_dir():  # nothing to do, and a cron job must not create the dir
-        report.reason = "no index"
+    if not settings.storage.remote and not data_path.is_dir():
+        report.reason = "no index"  # nothing to do, and a cron job must not create the dir
         return report
-    store = open_store(
-        data_path,
-        None,
-        0,
-        lock_wait_s=settings.storage.lock_wait_s,
-        keep_versions_s=keep_s,
-    )
+    store = open_index(settings.storage, None, 0)
     store.vector_index_rows = settings.retrieval.vector_index_rows
     with store.writer(on_wait):
-        before = _facts(data_path, store.active_table_name())
+        before = _facts(store, store.active_table_name())
         if before is None:
             report.reason = "no index"
         else:
             store.compact(keep_s, erase=erase)
-            after = _facts(data_path, store.active_table_name()) or before
+            after = _facts(store, store.active_table_name()) or before
             if erase and after.deleted_rows != 0:
                 _rewrite(store)
                 store.compact(0, erase=True)  # drops the old table, prunes the new one
                 report.rewrote = True
-                after = _facts(data_path, store.active_table_name()) or before
+                after = _facts(store, store.active_table_name()) or before
             if erase:
-                _check_erased(data_path, after)
+                _check_erased(store, after)
             report.table = after.table
             report.bytes_before, report.bytes_after = before.bytes, after.bytes
             report.versions_before, report.versions_after = before.versions, after.versions
@@ -165,9 +162,10 @@ def _rewrite(store: Store) -> None:
     store.build_table(model, dim, store.scan(chunk_schema(model, dim).names))
 
 
-def _check_erased(data_path: Path, facts: TableFacts) -> None:
+def _check_erased(store: Store, facts: TableFacts) -> None:
     """Refuse to report an erasure that did not happen: one version, no masked rows, one table."""
-    tables = sorted(p.name for p in (data_path / DB_DIR).iterdir() if p.suffix == ".lance")
+    tables = sorted(f"{name}.lance" for name in store._table_names())
+    where = store.location.describe()
     problems = []
     if facts.versions != 1:
         problems.append(f"{facts.versions} versions kept")
@@ -177,22 +175,25 @@ def _check_erased(data_path: Path, facts: TableFacts) -> None:
         problems.append(f"tables left: {', '.join(tables)}")
     if problems:
         raise StoreError(
-            f"erasure incomplete at {data_path} ({'; '.join(problems)}); run "
+            f"erasure incomplete at {where} ({'; '.join(problems)}); run "
             "`rag maintain --now` again, and `rag doctor` if it persists"
         )
 
 
-def _facts(data_path: Path, table_name: str) -> TableFacts | None:
+def _facts(store: Store, table_name: str) -> TableFacts | None:
     """The table's size and shape read from a fresh connection (None: no such table)."""
     import lancedb
 
-    db_path = data_path / DB_DIR
-    if not db_path.is_dir():
+    location = store.location
+    if not location.remote and not Path(location.uri).is_dir():
         return None
     try:
-        table = lancedb.connect(db_path).open_table(table_name)
-    except ValueError:  # LanceDB's "Table ... was not found"
-        return None
+        db = lancedb.connect(location.uri, storage_options=location.storage_options or None)
+        table = db.open_table(table_name)
+    except (OSError, RuntimeError, ValueError) as e:
+        if "was not found" in str(e):  # LanceDB's "Table ... was not found"
+            return None
+        raise store._error(e, f"opening table {table_name}") from e
     try:
         versions = table.list_versions()
         latest = max(versions, key=lambda v: v["version"])
@@ -202,12 +203,29 @@ def _facts(data_path: Path, table_name: str) -> TableFacts | None:
     deleted = latest.get("metadata", {}).get("total_deletion_file_rows")
     return TableFacts(
         table=table_name,
-        bytes=_tree_bytes(db_path),
+        bytes=_index_bytes(store),
         versions=len(versions),
         fragments=int(stats["fragment_stats"]["num_fragments"]),
         rows=int(stats["num_rows"]),
         deleted_rows=-1 if deleted is None else int(deleted),
     )
+
+
+def _index_bytes(store: Store) -> int:
+    """Bytes of every table: files under lancedb/, or objects under the bucket's prefix."""
+    location = store.location
+    if not location.remote:
+        return _tree_bytes(Path(location.uri))
+    total = 0
+    try:
+        pages = store._s3().get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=location.bucket, Prefix=location.key("")):
+            total += sum(int(item["Size"]) for item in page.get("Contents", []))
+    except Exception as e:
+        from rag.objectstore import store_error
+
+        raise store_error(e, location, "measuring the index") from e
+    return total
 
 
 def _tree_bytes(root: Path) -> int:

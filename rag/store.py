@@ -1,9 +1,11 @@
-"""The index: one LanceDB table of chunks with their vectors, under the data dir.
+"""The index: one LanceDB table of chunks with their vectors, under the data dir or in a bucket.
 
 All collections share the table; every read and write filters on the `collection` column
 with expression objects, never with request text pasted into SQL. Each write (a batch of
 whole documents, or a removal) is one commit, so a reader never sees half a document, and
-every write happens under the data dir's writer lock (rag.writelock).
+every write happens under the index's writer lock (rag.writelock): the data dir's flock,
+or with storage.uri = s3://… the bucket's writer lease (rag.lease), checked before each
+commit. Any number of readers, on any machine, may open the same index.
 
 The embedding model's name and dimension live in the table's schema metadata; opening the
 index with another model is refused. `rag ingest --reembed` builds a new table beside the
@@ -23,9 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.chunkrows import DocumentWrite, check_schema, chunk_rows, chunk_schema, to_arrow
+from rag.config import StorageSettings
 from rag.errors import StoreError
+from rag.objectstore import IndexLocation, local_location, store_error
 from rag.records import Chunk, Passage
-from rag.writelock import write_lock
+from rag.writelock import Hold, write_lock
 
 if TYPE_CHECKING:
     import numpy as np
@@ -69,9 +73,14 @@ class Store:
         lock_wait_s: float = 600.0,
         keep_versions_s: float = 86400.0,
         read_consistency_s: float | None = None,
+        location: IndexLocation | None = None,
+        lease_s: float = 30.0,
     ) -> None:
         self._db = db
         self.data_path = data_path
+        self.location = location or local_location(data_path)
+        self.lease_s = lease_s
+        self._client: Any | None = None
         self.embedding_model = embedding_model
         self.dim = dim
         self.lock_wait_s = lock_wait_s
@@ -84,6 +93,11 @@ class Store:
     # -- tables ---------------------------------------------------------------------------
 
     def active_table_name(self) -> str:
+        if self.location.remote:
+            from rag.objectstore import read_object
+
+            text = read_object(self._s3(), self.location, POINTER_FILE)
+            return (text or b"").decode().strip() or TABLE
         try:
             return (self.data_path / POINTER_FILE).read_text().strip() or TABLE
         except FileNotFoundError:
@@ -91,19 +105,41 @@ class Store:
         except OSError as e:
             raise StoreError(f"cannot read {self.data_path / POINTER_FILE}: {e}") from e
 
+    def _s3(self) -> Any:
+        if self._client is None:
+            from rag.objectstore import s3_client
+
+            self._client = s3_client(self.location)
+        return self._client
+
+    def _set_pointer(self, name: str) -> None:
+        if self.location.remote:
+            from rag.objectstore import write_object
+
+            write_object(self._s3(), self.location, POINTER_FILE, (name + "\n").encode())
+        else:
+            _replace_file(self.data_path / POINTER_FILE, name)
+
     def _table(self, create: bool = False, check: bool = True) -> Any | None:
         self._follow_pointer()
         if self._opened is None:
             name = self.active_table_name()
             try:
                 self._opened = self._db.open_table(name)
-            except ValueError:  # LanceDB's "Table 'chunks' was not found"
+            except (OSError, RuntimeError, ValueError) as e:
+                # Only LanceDB's "Table 'chunks' was not found" means there is no index yet;
+                # refused credentials or an unreachable store must not read as an empty one.
+                if "was not found" not in str(e):
+                    raise self._error(e, f"opening table {name}") from e
                 if not create:
                     return None
                 if self.embedding_model is None:
                     raise StoreError("cannot create the index without an embedding model") from None
                 schema = chunk_schema(self.embedding_model, self.dim)
-                self._opened = self._db.create_table(name, schema=schema, exist_ok=True)
+                try:
+                    self._opened = self._db.create_table(name, schema=schema, exist_ok=True)
+                except (OSError, RuntimeError, ValueError) as e:
+                    raise self._error(e, f"creating table {name}") from e
             self._opened_name = name
         if check:
             self._check_model(self._opened.schema)
@@ -119,6 +155,11 @@ class Store:
         self._pointer_checked = now
         if self.active_table_name() != self._opened_name:
             self._opened = None
+
+    def _error(self, e: BaseException, doing: str) -> StoreError:
+        if self.location.remote:
+            return store_error(e, self.location, doing)
+        return StoreError(f"{doing} at {self.location.uri}: {e}")
 
     def _check_model(self, schema: pa.Schema) -> None:
         check_schema(schema, self.embedding_model, self.dim)
@@ -262,10 +303,16 @@ class Store:
     # -- writing (each under the writer lock, one commit each) ----------------------------
 
     @contextlib.contextmanager
-    def writer(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    def writer(self, on_wait: Callable[[str], None] | None = None) -> Iterator[Hold]:
         """Hold the index's writer lock; nested writes in this process don't wait again."""
-        with write_lock(self.data_path, self.lock_wait_s, on_wait):
-            yield
+        with write_lock(
+            self.data_path,
+            self.lock_wait_s,
+            on_wait,
+            location=self.location,
+            lease_s=self.lease_s,
+        ) as hold:
+            yield hold
 
     def write_documents(self, collection: str, docs: Sequence[DocumentWrite]) -> None:
         """Replace the chunks of each document with its new ones, all in one commit."""
@@ -275,8 +322,9 @@ class Store:
             return
         rows = [row for doc in docs for row in chunk_rows(collection, doc)]
         ids = [doc.doc_id for doc in docs]
-        with self.writer():
+        with self.writer() as hold:
             table = self._table(create=True)
+            hold.check()
             try:
                 (
                     table.merge_insert("chunk_id")
@@ -312,10 +360,11 @@ class Store:
         ids = sorted(set(doc_ids))
         if not ids:
             return 0
-        with self.writer():
+        with self.writer() as hold:
             table = self._table()
             if table is None:
                 return 0
+            hold.check()
             try:
                 result = table.delete(
                     col("doc_id").isin(ids) & (col("collection") == lit(collection))
@@ -334,7 +383,7 @@ class Store:
         """
         from lancedb.index import FTS
 
-        with self.writer():
+        with self.writer() as hold:
             self._drop_stale_tables()
             table = self._table()
             if table is None or table.count_rows() == 0:
@@ -343,6 +392,7 @@ class Store:
             behind = FTS_INDEX in indexed and table.index_stats(FTS_INDEX).num_unindexed_rows > 0
             if not wrote and FTS_INDEX in indexed and not behind:
                 return False
+            hold.check()
             try:
                 if FTS_INDEX not in indexed:
                     table.create_index("text", config=FTS(), name=FTS_INDEX)
@@ -375,11 +425,12 @@ class Store:
         """
         from lancedb.index import FTS
 
-        with self.writer():
+        with self.writer() as hold:
             self._drop_stale_tables()
             table = self._table(check=False)
             if table is None:
                 return
+            hold.check()
             try:
                 table.checkout_latest()
                 indexed = {i.name for i in table.list_indices()}
@@ -414,7 +465,7 @@ class Store:
         """
         from lancedb.index import FTS
 
-        with self.writer():
+        with self.writer() as hold:
             self._drop_stale_tables()
             name = f"{TABLE}-{time.time_ns()}"
             schema = chunk_schema(model, dim)
@@ -423,6 +474,7 @@ class Store:
                 rows = 0
                 for batch in batches:
                     if batch:
+                        hold.check()
                         table.add(to_arrow(batch, schema))
                         rows += len(batch)
                 if rows:
@@ -431,7 +483,8 @@ class Store:
             except (OSError, RuntimeError, ValueError) as e:
                 raise StoreError(f"building the new index table: {e}") from e
             old = self.active_table_name()
-            _replace_file(self.data_path / POINTER_FILE, name)
+            hold.check()
+            self._set_pointer(name)
             self._opened = None
             self.embedding_model, self.dim = model, dim
             with contextlib.suppress(Exception):  # a reader may still hold it; retried later
@@ -502,20 +555,31 @@ def open_store(
     *,
     lock_wait_s: float = 600.0,
     keep_versions_s: float = 86400.0,
+    location: IndexLocation | None = None,
+    lease_s: float = 30.0,
 ) -> Store:
-    """Open (creating the directory if needed) the index under `data_path`.
+    """Open the index under `data_path` (creating the directory if needed), or at `location`.
 
     `read_consistency_s` makes a long-lived reader (the web service) see writes made by other
-    processes (`rag ingest`) within that many seconds; None reads the state at open time.
-    `embedding_model` None opens whatever model built the index, for listing and removing.
+    processes (`rag ingest`, on any machine) within that many seconds; None reads the state
+    at open time. `embedding_model` None opens whatever model built the index, for listing
+    and removing. `location` (rag.objectstore) puts the index elsewhere, e.g. in a bucket;
+    `data_path` stays this machine's state directory.
     """
     import lancedb
 
+    location = location or local_location(data_path)
+    interval = None if read_consistency_s is None else timedelta(seconds=read_consistency_s)
     try:
         data_path.mkdir(parents=True, exist_ok=True)
-        interval = None if read_consistency_s is None else timedelta(seconds=read_consistency_s)
-        db = lancedb.connect(data_path / "lancedb", read_consistency_interval=interval)
-    except OSError as e:
+        db = lancedb.connect(
+            location.uri,
+            read_consistency_interval=interval,
+            storage_options=location.storage_options or None,
+        )
+    except (OSError, RuntimeError, ValueError) as e:
+        if location.remote:
+            raise store_error(e, location, "opening the index") from e
         raise StoreError(f"cannot open the index at {data_path}: {e}") from e
     return Store(
         db,
@@ -525,4 +589,38 @@ def open_store(
         lock_wait_s=lock_wait_s,
         keep_versions_s=keep_versions_s,
         read_consistency_s=read_consistency_s,
+        location=location,
+        lease_s=lease_s,
+    )
+
+
+# Versions a removal's own compaction keeps (`rag docs rm`, DELETE /api/documents): a day,
+# whatever storage.keep_versions_s says, so that retention 0 (erasure) stays the explicit
+# act of `rag maintain`, which reports and verifies it.
+REMOVAL_KEEP_VERSIONS_S = 86400.0
+
+
+def open_index(
+    storage: StorageSettings,
+    embedding_model: str | None,
+    dim: int,
+    read_consistency_s: float | None = None,
+    *,
+    keep_versions_s: float | None = None,
+) -> Store:
+    """open_store with everything the [storage] settings say: where, lock wait, retention.
+
+    `keep_versions_s` overrides storage.keep_versions_s for this store's own compactions.
+    """
+    from rag.objectstore import index_location
+
+    return open_store(
+        storage.data_path,
+        embedding_model,
+        dim,
+        read_consistency_s,
+        lock_wait_s=storage.lock_wait_s,
+        keep_versions_s=storage.keep_versions_s if keep_versions_s is None else keep_versions_s,
+        location=index_location(storage),
+        lease_s=storage.lease_s,
     )

@@ -1,9 +1,12 @@
-"""One writer per index: an advisory lock file in the data dir.
+"""One writer per index: an advisory lock file in the data dir, or a lease in the bucket.
 
-`flock` locks belong to the open file, so the kernel drops them when the holder exits or is
-killed (kill -9 included): a crash never leaves the index locked. Within one process the
-lock is re-entrant and shared by every Store on the same directory, so a writer that calls
-another writing method never waits on itself.
+For an index under the data dir: `flock` locks belong to the open file, so the kernel drops
+them when the holder exits or is killed (kill -9 included): a crash never leaves the index
+locked. For an index in an object store (storage.uri) a flock would exclude only the
+writers of this machine, so the lock is the bucket's writer lease instead (rag.lease): one
+writer across every machine that shares the index. Within one process either is
+re-entrant and shared by every Store on the same index, so a writer that calls another
+writing method never waits on itself.
 """
 
 from __future__ import annotations
@@ -14,8 +17,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rag.errors import StoreError
+
+if TYPE_CHECKING:
+    from rag.lease import Lease
+    from rag.objectstore import IndexLocation
 
 LOCK_FILE = "writer.lock"
 _POLL_S = 0.1
@@ -30,14 +38,33 @@ class _ProcessLock:
         self.thread_lock = threading.RLock()
         self.depth = 0
         self.fd: int | None = None
+        self.lease: Lease | None = None
 
 
-def _lock_for(path: Path) -> _ProcessLock:
-    key = str(path.resolve())
+class Hold:
+    """What a writer holds; `check()` before each commit (a lease can be lost meanwhile)."""
+
+    def __init__(self, lock: _ProcessLock) -> None:
+        self._lock = lock
+
+    def check(self) -> None:
+        if self._lock.lease is not None:
+            self._lock.lease.check()
+
+
+def _lock_for(path: Path, key: str = "") -> _ProcessLock:
+    key = key or str(path.resolve())
     with _registry_guard:
         if key not in _registry:
             _registry[key] = _ProcessLock(path)
         return _registry[key]
+
+
+def held(data_path: Path, location: IndexLocation | None = None) -> Hold | None:
+    """This process's hold on the index's writer lock, or None when it holds none."""
+    key = f"lease:{location.uri}" if location is not None and location.remote else ""
+    lock = _lock_for(data_path / LOCK_FILE, key)
+    return Hold(lock) if lock.depth > 0 else None
 
 
 def holder(data_path: Path) -> str:
@@ -50,9 +77,22 @@ def holder(data_path: Path) -> str:
 
 @contextlib.contextmanager
 def write_lock(
-    data_path: Path, wait_s: float, on_wait: Callable[[str], None] | None = None
-) -> Iterator[None]:
-    """Hold the index's writer lock, waiting up to `wait_s` for another writer to finish."""
+    data_path: Path,
+    wait_s: float,
+    on_wait: Callable[[str], None] | None = None,
+    *,
+    location: IndexLocation | None = None,
+    lease_s: float = 30.0,
+) -> Iterator[Hold]:
+    """Hold the index's writer lock, waiting up to `wait_s` for another writer to finish.
+
+    With a remote `location` the lock is the bucket's writer lease, refreshed until the
+    block ends; the yielded Hold's `check()` says whether it is still held.
+    """
+    if location is not None and location.remote:
+        with _lease_lock(location, wait_s, on_wait, lease_s) as hold:
+            yield hold
+        return
     import fcntl
 
     lock = _lock_for(data_path / LOCK_FILE)
@@ -81,12 +121,41 @@ def write_lock(
             lock.fd = fd
         lock.depth += 1
         try:
-            yield
+            yield Hold(lock)
         finally:
             lock.depth -= 1
             if lock.depth == 0 and lock.fd is not None:
                 os.close(lock.fd)  # closing the file releases the flock
                 lock.fd = None
+    finally:
+        lock.thread_lock.release()
+
+
+@contextlib.contextmanager
+def _lease_lock(
+    location: IndexLocation, wait_s: float, on_wait: Callable[[str], None] | None, lease_s: float
+) -> Iterator[Hold]:
+    from rag.lease import Lease
+
+    lock = _lock_for(Path(LOCK_FILE), f"lease:{location.uri}")
+    if not lock.thread_lock.acquire(timeout=max(wait_s, 0.0)):
+        raise StoreError(
+            f"the index at {location.describe()} is being written by another thread of this "
+            f"process; waited {wait_s:g}s (storage.lock_wait_s)"
+        )
+    try:
+        if lock.depth == 0:
+            lease = Lease(location, lease_s, _command())
+            lease.acquire(wait_s, on_wait)
+            lock.lease = lease
+        lock.depth += 1
+        try:
+            yield Hold(lock)
+        finally:
+            lock.depth -= 1
+            if lock.depth == 0 and lock.lease is not None:
+                lock.lease.release()
+                lock.lease = None
     finally:
         lock.thread_lock.release()
 

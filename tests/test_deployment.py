@@ -91,9 +91,17 @@ def test_two_replicas_on_one_index_behind_nginx_with_prometheus(
                 stop_server(proc)
 
 
-def _compose_environment() -> dict[str, str]:
-    """Every RAG_* variable the compose files set for the rag services."""
+def _compose_environment(variables: dict[str, str] | None = None) -> dict[str, str]:
+    """Every RAG_* variable the compose files set for the rag services, as compose would
+    substitute `${NAME:-default}` from `variables` (the shell's, in a real deployment)."""
+    import re
+
     import yaml
+
+    given = variables or {}
+
+    def substitute(value: str) -> str:
+        return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: given.get(m.group(1), m.group(2)), value)
 
     env: dict[str, str] = {}
     for name in ("compose.yaml", "compose.cuda.yaml"):
@@ -101,9 +109,20 @@ def _compose_environment() -> dict[str, str]:
         for service in ("rag", "ingest"):
             for key, value in (services.get(service, {}).get("environment") or {}).items():
                 if key.startswith("RAG_"):
-                    # What a replica gets with nothing set on the host: ${VAR:-default}.
-                    env[key] = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+                    env[key] = substitute(str(value))
     return env
+
+
+def test_the_shared_storage_profile_sets_real_settings() -> None:
+    """With RAG_STORAGE_URI exported (README: shared storage) the replicas use minio."""
+    env = _compose_environment({"RAG_STORAGE_URI": "s3://rag/index"})
+    storage = load_settings(ROOT / "config.toml", env=env).storage
+    assert (storage.uri, storage.s3_endpoint, storage.s3_allow_http) == (
+        "s3://rag/index",
+        "http://minio:9000",
+        True,
+    )
+    assert load_settings(ROOT / "config.toml", env=_compose_environment()).storage.uri == ""
 
 
 def test_every_setting_the_deployment_sets_exists() -> None:

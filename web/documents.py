@@ -49,12 +49,18 @@ class Library:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _open(self) -> Store:
-        from rag.store import open_store
+        from rag.store import REMOVAL_KEEP_VERSIONS_S, open_index
 
         if self._store is None:
             # Any embedding model: listing needs none. Strong consistency: a job's documents
             # are listed the moment it says it is done.
-            self._store = open_store(self.settings.storage.data_path, None, 0, read_consistency_s=0)
+            self._store = open_index(
+                self.settings.storage,
+                None,
+                0,
+                read_consistency_s=0,
+                keep_versions_s=REMOVAL_KEEP_VERSIONS_S,
+            )
         return self._store
 
     async def documents(self, collection: str) -> list[StoredDocument]:

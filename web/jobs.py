@@ -202,19 +202,17 @@ class JobRunner:
     # -- on the writer thread -----------------------------------------------------------
 
     def writer_store(self, embedder: Embedder | None = None) -> Store:
-        from rag.store import open_store
+        from rag.store import open_index
 
         storage = self.settings.storage
         if self._store is None or (embedder and self._store.embedding_model != embedder.name):
             # Strong read consistency: a job decides what is unchanged from what the index
             # holds now, including what `rag ingest` in another process just wrote.
-            self._store = open_store(
-                storage.data_path,
+            self._store = open_index(
+                storage,
                 embedder.name if embedder else None,
                 embedder.dim if embedder else 0,
                 read_consistency_s=0,
-                lock_wait_s=storage.lock_wait_s,
-                keep_versions_s=storage.keep_versions_s,
             )
         return self._store
 
