@@ -61,6 +61,17 @@ def parse_file(path: Path, max_file_bytes: int) -> ParsedDocument:
         data = path.read_bytes()
     except OSError as e:
         raise ParseError(f"cannot read {path}: {e.strerror}", "unreadable") from e
+    return parse_bytes(path, data)
+
+
+def parse_bytes(path: Path, data: bytes) -> ParsedDocument:
+    """Parse a file's bytes read elsewhere (a Ray worker gets them from the driver).
+
+    `path` only names the file and decides its format; it need not exist here.
+    """
+    kind = kind_of(path)
+    if kind is None:
+        raise ParseError(f"{path}: unsupported file type", "unsupported")
     doc_hash = hashlib.sha256(data).hexdigest()
     if kind == "pdf":
         from ingest.pdf import parse_pdf_bytes

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from rag.embedder import Embedder
 from rag.errors import RagError
 from rag.records import Chunk, Section
 from rag.store import Store, StoredDocument
+
+if TYPE_CHECKING:
+    from ingest.distributed import RayCluster
 
 # Part of every document's stored fingerprint: bump it when parsing or chunking changes so the
 # next ingest redoes files whose bytes did not change.
@@ -125,13 +129,20 @@ def embed_sorted(
     return vectors
 
 
-@dataclass
-class _Parsed:
+@dataclass(frozen=True, slots=True)
+class FileJob:
+    """A file that needs parsing and embedding: what its write and its report entry need."""
+
     path: Path
     source: str
     doc_id: str
     size_bytes: int
     previous: StoredDocument | None
+
+
+@dataclass
+class ParsedFile:
+    job: FileJob
     chunks: list[Chunk]
     doc_hash: str
 
@@ -149,26 +160,36 @@ def run_ingest(
     sync: bool = False,
     on_wait: Callable[[str], None] | None = None,
     names: Mapping[Path, str] | None = None,
+    cluster: RayCluster | None = None,
 ) -> IngestReport:
     """Bring `collection` up to date with the files under `paths`; see the module docstring.
 
     With `sync`, documents whose files are gone from under `paths` are removed too.
     `names` gives files a display name (uploads stored under generated names): it becomes
     the document's source and its identity, so uploading the same name again replaces it.
+    With `cluster`, files are parsed and embedded on Ray workers (ingest/distributed.py);
+    planning, skipping and writing stay here, in the one writer.
     """
     started = time.perf_counter()
     roots = [Path(p) for p in paths]
     files, unsupported = discover(roots)
     report = IngestReport(skipped=[display_source(p) for p in unsupported])
     with store.writer(on_wait):
-        run = _Run(collection, chunking, ingest or IngestSettings(), embedder, store, batch_size)
+        run = IngestRun(
+            collection, chunking, ingest or IngestSettings(), embedder, store, batch_size
+        )
         run.names = dict(names or {})
         run.meter = ProgressMeter(on_progress, len(files))
         run.meter.work_total = sum(_size(p) for p in files)
         run.report = report
         if sync:
             run.remove_gone(roots)
-        run.ingest(files)
+        if cluster is None:
+            run.ingest(files)
+        else:
+            from ingest.distributed import ingest_on_ray
+
+            ingest_on_ray(run, files, cluster)
         run.meter.emit("optimizing")
         store.maintain(wrote=run.wrote)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -176,7 +197,13 @@ def run_ingest(
     return report
 
 
-class _Run:
+class IngestRun:
+    """One ingest's state: the plan (what to skip), the report and progress, the writes.
+
+    `ingest()` parses and embeds here; ingest/distributed.py does that part on Ray and
+    hands back to `plan`, `accept`, `parse_failed` and `write`.
+    """
+
     def __init__(
         self,
         collection: str,
@@ -196,8 +223,8 @@ class _Run:
         self.stored = store.documents(collection)
         self.report = IngestReport()
         self.meter = ProgressMeter(None, 0)
-        self.pending: list[_Parsed] = []
-        self.jobs: dict[int, tuple[Path, str, str, int, StoredDocument | None]] = {}
+        self.pending: list[ParsedFile] = []
+        self.jobs: dict[int, FileJob] = {}
         self.wrote = False
         self.names: dict[Path, str] = {}
         self.limits = Limits(
@@ -228,7 +255,8 @@ class _Run:
     def ingest(self, files: list[Path]) -> None:
         with ParsePool(self.settings.parse_workers, self.limits) as pool:
             for key, path in enumerate(files):
-                self._plan(pool, key, path)
+                if self.plan(key, path):
+                    pool.submit_file(key, path)
                 # Keep parsing a few files ahead of embedding, not the whole corpus.
                 while pool.pending > pool.workers + 1:
                     self._take(pool, pool.collect(None))
@@ -237,7 +265,8 @@ class _Run:
                 self._take(pool, pool.collect(None))
             self._flush(pool)
 
-    def _plan(self, pool: ParsePool, key: int, path: Path) -> None:
+    def plan(self, key: int, path: Path) -> FileJob | None:
+        """Skip `path` if unchanged (or unusable, reported); else the job, kept as jobs[key]."""
         name = self.names.get(path)
         source = name or display_source(path)
         self.meter.emit("scanning", source)
@@ -248,11 +277,11 @@ class _Run:
                 self._failed(
                     source, f"{size / 2**20:.0f} MiB is over ingest.max_file_mb", "too_large"
                 )
-                return
+                return None
             doc_hash = _hash_file(path)
         except OSError as e:
             self._failed(source, f"cannot read it: {e.strerror}", "unreadable")
-            return
+            return None
         doc_id = (
             make_named_doc_id(self.collection, name) if name else make_doc_id(self.collection, path)
         )
@@ -262,66 +291,84 @@ class _Run:
             self.meter.files_done += 1
             self.meter.work_total -= size
             self.meter.emit("scanning", source)
-            return
+            return None
         self.meter.start_work()
-        self.jobs[key] = (path, source, doc_id, size, previous)
-        pool.submit_file(key, path)
+        job = FileJob(path, source, doc_id, size, previous)
+        self.jobs[key] = job
+        return job
 
     def _take(self, pool: ParsePool, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
-            path, source, doc_id, size, previous = self.jobs.pop(outcome.key)
+            job = self.jobs.pop(outcome.key)
             if outcome.failed:
-                self.meter.work_done += size
-                # Parsers name the file as they were given it; the report has its own path.
-                message = outcome.message.removeprefix(f"{path}: ")
-                self._failed(source, message, outcome.reason)
+                self.parse_failed(job, outcome)
                 continue
             parsed: ParsedDocument = outcome.value
-            self.report.pages += parsed.pages
-            self.meter.pages += parsed.pages
-            if parsed.empty_pages:
-                self.report.empty_pages.append({"path": source, "pages": parsed.empty_pages})
-            chunks = make_chunks(doc_id, source, parsed.sections, self.embedder, self.window)
-            if not chunks:
-                self.meter.work_done += size
-                scanned = " (scanned pages? they need OCR first)" if parsed.empty_pages else ""
-                self._failed(source, f"no extractable text{scanned}", "no_text")
-                continue
-            self.pending.append(
-                _Parsed(path, source, doc_id, size, previous, chunks, parsed.doc_hash)
+            chunks = make_chunks(
+                job.doc_id, job.source, parsed.sections, self.embedder, self.window
             )
-            self.meter.emit("parsing", source)
+            if self.accept(job, parsed, chunks) is None:
+                continue
+            self.pending.append(ParsedFile(job, chunks, parsed.doc_hash))
+            self.meter.emit("parsing", job.source)
             if sum(len(p.chunks) for p in self.pending) >= self.settings.flush_chunks:
                 self._flush(pool)
+
+    def parse_failed(self, job: FileJob, outcome: Outcome) -> None:
+        self.meter.work_done += job.size_bytes
+        # Parsers name the file as they were given it; the report has its own path.
+        message = outcome.message.removeprefix(f"{job.path}: ")
+        self._failed(job.source, message, outcome.reason)
+
+    def accept(
+        self, job: FileJob, parsed: ParsedDocument, chunks: list[Chunk]
+    ) -> list[Chunk] | None:
+        """Count a parsed file's pages; its chunks, or None (reported) when it has none."""
+        self.report.pages += parsed.pages
+        self.meter.pages += parsed.pages
+        if parsed.empty_pages:
+            self.report.empty_pages.append({"path": job.source, "pages": parsed.empty_pages})
+        if chunks:
+            return chunks
+        self.meter.work_done += job.size_bytes
+        scanned = " (scanned pages? they need OCR first)" if parsed.empty_pages else ""
+        self._failed(job.source, f"no extractable text{scanned}", "no_text")
+        return None
 
     def _flush(self, pool: ParsePool) -> None:
         docs, self.pending = self.pending, []
         if not docs:
             return
         texts = [c.text for d in docs for c in d.chunks]
-        total_bytes = sum(d.size_bytes for d in docs)
+        total_bytes = sum(d.job.size_bytes for d in docs)
         base_bytes = self.meter.work_done
         arrived: list[Outcome] = []
 
         def between(n: int) -> None:
             self.meter.chunks += n
             self.meter.work_done += total_bytes * n / len(texts)
-            self.meter.emit("embedding", docs[0].source if len(docs) == 1 else "")
+            self.meter.emit("embedding", docs[0].job.source if len(docs) == 1 else "")
             # Start the next parses while the model works; their results wait for us.
             arrived.extend(pool.collect(0.0))
 
         vectors = embed_sorted(self.embedder, texts, self.batch_size, between)
         self.meter.work_done = base_bytes + total_bytes
+        self.write(docs, vectors)
+        if arrived:
+            self._take(pool, arrived)
+
+    def write(self, docs: list[ParsedFile], vectors: np.ndarray) -> None:
+        """Commit `docs` (their chunks' vectors in order, already counted as embedded) at once."""
         writes: list[DocumentWrite] = []
         offset = 0
         for d in docs:
             count = len(d.chunks)
             writes.append(
                 DocumentWrite(
-                    d.doc_id,
+                    d.job.doc_id,
                     d.doc_hash,
                     self.pipeline,
-                    str(d.path.resolve()),
+                    str(d.job.path.resolve()),
                     d.chunks,
                     vectors[offset : offset + count],
                 )
@@ -331,21 +378,19 @@ class _Run:
         try:
             self.store.write_documents(self.collection, writes)
         except RagError as e:
-            self.meter.chunks -= len(texts)
+            self.meter.chunks -= offset
             for d in docs:
-                self._failed(d.source, e.message, "store")
+                self._failed(d.job.source, e.message, "store")
         else:
             self.wrote = True
             for d in docs:
-                if d.previous:
+                if d.job.previous:
                     self.report.updated += 1
                 else:
                     self.report.added += 1
                 self.report.chunks += len(d.chunks)
         self.meter.files_done += len(docs)
         self.meter.emit("writing")
-        if arrived:
-            self._take(pool, arrived)
 
     def _failed(self, source: str, message: str, reason: str) -> None:
         self.report.fail(source, message, reason)

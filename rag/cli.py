@@ -113,6 +113,13 @@ def _say(message: str) -> None:
     help="First rebuild the whole index with the configured embedding model (all "
     "collections); the old index serves until the new one is complete. PATHS optional.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS|auto",
+    help="Parse and embed PATHS on a Ray cluster (HOST:PORT, ray://HOST:PORT, or auto for "
+    "the one on this machine); this process plans and writes. Needs pip install 'rag[ray]'.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @click.pass_context
 @_handle_errors
@@ -122,6 +129,7 @@ def ingest(
     collection: str | None,
     sync: bool,
     reembed: bool,
+    ray_address: str | None,
     as_json: bool,
 ) -> None:
     """Add or update the documents under PATHS (PDF, Markdown, HTML, reStructuredText, text).
@@ -130,24 +138,37 @@ def ingest(
     Exit code 1 when any file failed. One ingest writes an index at a time; a second one
     waits for it (storage.lock_wait_s).
     """
+    import contextlib
+
     from rag.errors import UsageError
     from rag.objectstore import index_location
     from rag.writelock import write_lock
 
     if not paths and not reembed:
         raise UsageError("give at least one PATH to ingest (or --reembed)")
+    if ray_address is not None and not paths:
+        raise UsageError("--ray distributes the PATHS to ingest; give at least one")
     settings = _settings(ctx)
+    cluster: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if ray_address is not None:
+        from ingest.distributed import connect
+
+        # Before the lock and the model load: a wrong address is reported in seconds.
+        cluster = connect(ray_address, settings.ingest, settings.embedding)
     # Take the writer lock before the slow model load, so a second ingest says at once
     # that it waits (or gives up) instead of after loading a model it cannot use yet.
     storage = settings.storage
-    with write_lock(
-        storage.data_path,
-        storage.lock_wait_s,
-        _say,
-        location=index_location(storage),
-        lease_s=storage.lease_s,
+    with (
+        cluster as ray_cluster,
+        write_lock(
+            storage.data_path,
+            storage.lock_wait_s,
+            _say,
+            location=index_location(storage),
+            lease_s=storage.lease_s,
+        ),
     ):
-        _ingest(settings, paths, collection, sync, reembed, as_json)
+        _ingest(settings, paths, collection, sync, reembed, as_json, ray_cluster)
 
 
 def _ingest(
@@ -157,6 +178,7 @@ def _ingest(
     sync: bool,
     reembed: bool,
     as_json: bool,
+    cluster: Any = None,
 ) -> None:
     from ingest.pipeline import IngestReport, run_ingest
     from ingest.reembed import reembed as rebuild
@@ -190,6 +212,7 @@ def _ingest(
             ingest=settings.ingest,
             sync=sync,
             on_wait=_say,
+            cluster=cluster,
         )
     if as_json:
         _emit_json({**report.to_json(), **({"reembedded": reembedded} if reembed else {})})

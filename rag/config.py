@@ -68,6 +68,9 @@ class IngestSettings:
     max_file_mb: int = 256
     parse_workers: int = 1
     flush_chunks: int = 512
+    ray_actors: int = 0
+    ray_cpus_per_actor: float = 1.0
+    ray_gpus_per_actor: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,11 @@ def validate(settings: Settings) -> None:
         )
     if ingest.parse_workers < 1 or ingest.flush_chunks < 1:
         raise ConfigError("ingest.parse_workers and ingest.flush_chunks must be at least 1")
+    if ingest.ray_actors < 0 or ingest.ray_cpus_per_actor <= 0 or ingest.ray_gpus_per_actor < 0:
+        raise ConfigError(
+            "ingest.ray_actors must be >= 0 (0 = fill the cluster), ingest.ray_cpus_per_actor "
+            "> 0 and ingest.ray_gpus_per_actor >= 0"
+        )
     if settings.storage.lock_wait_s < 0 or settings.storage.keep_versions_s < 0:
         raise ConfigError("storage.lock_wait_s and storage.keep_versions_s must be >= 0")
     _validate_storage_uri(settings.storage)

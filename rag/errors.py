@@ -33,6 +33,12 @@ class UsageError(RagError):
     http_status = 400
 
 
+class ClusterError(UsageError):
+    """`--ray` names a cluster that cannot be reached or cannot run the work asked of it."""
+
+    http_status = 503
+
+
 class NotFoundError(RagError):
     """A collection, document or file the caller named does not exist."""
 

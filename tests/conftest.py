@@ -9,8 +9,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from rag.config import EmbeddingSettings, LlmSettings, Settings, StorageSettings
@@ -83,6 +85,18 @@ def sample_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # Short greedy answers keep generation tests to seconds on a 2-core CPU.
 FAST_LLM_ENV = {"RAG_LLM_ANSWER_TOKENS": "24", "RAG_RETRIEVAL_K": "2"}
+
+
+def stored_state(data: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Every stored row of an index but the vector, sorted, and the vectors by chunk_id."""
+    store = open_store(data, None, 0)
+    table = store._db.open_table(store.active_table_name())
+    stats = table.index_stats("text_idx")
+    assert stats is not None and stats.num_unindexed_rows == 0, "full-text index is behind"
+    rows = table.search().limit(None).to_arrow().to_pylist()
+    vectors = {r["chunk_id"]: np.array(r.pop("vector")) for r in rows}
+    assert len(vectors) == len(rows), "duplicate chunk ids"
+    return sorted(rows, key=lambda r: r["chunk_id"]), vectors
 
 
 def free_port() -> int:

@@ -10,15 +10,13 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from rag.store import open_store
 from rag.writelock import write_lock
 
-from .conftest import RAG, rag_env
+from .conftest import RAG, rag_env, stored_state
 from .corpus import write_bad_inputs, write_corpus
 
 # Small commits, so that a kill can land between, inside and after many of them.
@@ -46,18 +44,6 @@ def _start(cwd: Path, data: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _state(data: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Every stored row but the vector, sorted, and the vectors by chunk_id."""
-    store = open_store(data, None, 0)
-    table = store._db.open_table(store.active_table_name())
-    stats = table.index_stats("text_idx")
-    assert stats is not None and stats.num_unindexed_rows == 0, "full-text index is behind"
-    rows = table.search().limit(None).to_arrow().to_pylist()
-    vectors = {r["chunk_id"]: np.array(r.pop("vector")) for r in rows}
-    assert len(vectors) == len(rows), "duplicate chunk ids"
-    return sorted(rows, key=lambda r: r["chunk_id"]), vectors
 
 
 def _versions(data: Path) -> int:
@@ -88,7 +74,7 @@ def clean(workspace: Path) -> Path:
 def test_kill_9_at_random_points_then_rerun_equals_a_clean_run(
     workspace: Path, clean: Path
 ) -> None:
-    expected_rows, expected_vectors = _state(clean)
+    expected_rows, expected_vectors = stored_state(clean)
     commits = _versions(clean)
     rng = random.Random(20240611)
     killed_at: list[int] = []
@@ -111,7 +97,7 @@ def test_kill_9_at_random_points_then_rerun_equals_a_clean_run(
         report = json.loads(done.stdout)
         assert report["failed"] == []
         assert report["added"] + report["updated"] + report["unchanged"] == DOCS
-        rows, vectors = _state(data)
+        rows, vectors = stored_state(data)
         assert rows == expected_rows, f"trial {trial} (killed at version {killed_at[-1]})"
         for chunk_id, vector in vectors.items():
             np.testing.assert_allclose(vector, expected_vectors[chunk_id], atol=1e-5)
@@ -127,7 +113,7 @@ def test_two_concurrent_ingests_take_turns(workspace: Path, clean: Path) -> None
     reports = sorted((json.loads(out) for out, _ in outputs), key=lambda r: r["added"])
     assert [(r["added"], r["unchanged"]) for r in reports] == [(0, DOCS), (DOCS, 0)]
     assert any("waiting for the index lock" in err for _, err in outputs)
-    assert _state(data)[0] == _state(clean)[0]
+    assert stored_state(data)[0] == stored_state(clean)[0]
 
 
 def test_a_held_lock_makes_a_second_writer_exit_with_a_clear_message(workspace: Path) -> None:
