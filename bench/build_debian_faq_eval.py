@@ -290,24 +290,36 @@ class _Sections(HTMLParser):
         self.sections[-1][0 if self.in_title else 1] += data
 
 
+def fetch_package(package: str, cache: Path) -> Path:
+    """Where `package`'s files are unpacked under `cache`, downloading it with
+    `apt-get download` and unpacking it with `dpkg -x` unless done already."""
+    root = cache / package
+    if (root / ".unpacked").exists():
+        return root
+    for tool in ("apt-get", "dpkg"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: the {package} corpus needs a Debian-based system")
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run(
+            ["apt-get", "download", package], cwd=tmp, capture_output=True, text=True
+        )
+        debs = list(Path(tmp).glob(f"{package}_*.deb"))
+        if done.returncode != 0 or not debs:
+            sys.exit(f"apt-get download {package} failed (run apt-get update?): {done.stderr}")
+        subprocess.run(["dpkg", "-x", str(debs[0]), str(root)], check=True)
+    # A marker rather than a file of the package: an interrupted unpack is redone.
+    (root / ".unpacked").touch()
+    return root
+
+
 def fetch_corpus(cache: Path) -> Path:
     """The FAQ directory, downloading and unpacking the package on first use."""
     faq = cache / "debian-faq" / FAQ_SUBDIR
+    # Caches unpacked before the marker existed are complete when they hold the chapters.
     if any(faq.glob("*.en.html")):
         return faq
-    for tool in ("apt-get", "dpkg"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} not found: the Debian FAQ corpus needs a Debian-based system")
-    (cache / "debian-faq").mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run(
-            ["apt-get", "download", "debian-faq"], cwd=tmp, capture_output=True, text=True
-        )
-        debs = list(Path(tmp).glob("debian-faq_*.deb"))
-        if done.returncode != 0 or not debs:
-            sys.exit(f"apt-get download debian-faq failed (run apt-get update?): {done.stderr}")
-        subprocess.run(["dpkg", "-x", str(debs[0]), str(cache / "debian-faq")], check=True)
-    return faq
+    return fetch_package("debian-faq", cache) / FAQ_SUBDIR
 
 
 def first_sentence(text: str, max_words: int = 25) -> str:
