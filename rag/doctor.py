@@ -68,6 +68,7 @@ def run_checks(settings: Settings) -> list[Check]:
         ("embedding device", lambda: [check_torch_device(settings.embedding)]),
         ("memory", lambda: [check_memory()]),
         ("model fit", lambda: check_model_fit(settings)),
+        ("generation server", lambda: check_generation_server(settings.llm)),
         ("disk", lambda: [check_disk(settings)]),
         ("embedding model", lambda: [check_embedding_model(settings.embedding)]),
         ("llm model", lambda: [check_llm_model(settings.llm)]),
@@ -247,6 +248,9 @@ def check_model_fit(settings: Settings) -> list[Check]:
     from rag.hardware import resolve_hardware
     from rag.sizing import plan_configured
 
+    if settings.llm.engine == "openai":
+        return []  # the weights and the KV cache live on the generation server
+
     hardware = resolve_hardware(settings.hardware)
     p = plan_configured(settings, hardware)
     if not p.fits:
@@ -285,6 +289,28 @@ def check_model_fit(settings: Settings) -> list[Check]:
         else:
             checks.append(Check("wired limit", OK, wired))
     return checks
+
+
+def check_generation_server(settings: LlmSettings) -> list[Check]:
+    """With llm.engine = "openai": the server answers, and llm.model's tokenizer loads."""
+    if settings.engine != "openai":
+        return []
+    from rag.remote import load_remote_engine
+
+    try:
+        engine = load_remote_engine(settings)
+    except RagError as e:
+        fix = "start the server, or fix llm.base_url, llm.api_key_env or llm.model"
+        return [Check("generation server", FAIL, e.message, fix)]
+    engine.stop_batching()
+    return [
+        Check(
+            "generation server",
+            OK,
+            f"{settings.base_url} answers; prompts packed with llm.model = {settings.model!r} "
+            f"into at most {engine.max_context_tokens} tokens",
+        )
+    ]
 
 
 def check_disk(settings: Settings) -> Check:

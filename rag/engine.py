@@ -180,17 +180,7 @@ class MlxEngine:
 
         `stop` replaces the engine's stop strings (llm.stop) for this request.
         """
-        context = min(context_tokens, self.max_context_tokens)
-        needed = len(prompt_ids) + max_tokens
-        if needed > context:
-            raise ContextOverflowError(
-                f"the prompt needs {len(prompt_ids)} tokens + {max_tokens} for the answer = "
-                f"{needed}, over the {context}-token context; ask a shorter question"
-            )
-        if not prompt_ids or max_tokens < 1:
-            raise UsageError(
-                f"nothing to generate: {len(prompt_ids)} prompt tokens, max_tokens {max_tokens}"
-            )
+        check_request(prompt_ids, max_tokens, min(context_tokens, self.max_context_tokens))
         if should_stop():
             # Cancelled while it waited for the model: skip the prefill, which is the
             # slowest part on a CPU.
@@ -560,6 +550,20 @@ def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
         if token_id in special:
             return tokenizer.convert_ids_to_tokens(token_id)
     return None
+
+
+def check_request(prompt_ids: Sequence[int], max_tokens: int, context_tokens: int) -> None:
+    """Refuse, with the numbers, a request whose prompt and answer cannot fit the context."""
+    needed = len(prompt_ids) + max_tokens
+    if needed > context_tokens:
+        raise ContextOverflowError(
+            f"the prompt needs {len(prompt_ids)} tokens + {max_tokens} for the answer = "
+            f"{needed}, over the {context_tokens}-token context; ask a shorter question"
+        )
+    if not prompt_ids or max_tokens < 1:
+        raise UsageError(
+            f"nothing to generate: {len(prompt_ids)} prompt tokens, max_tokens {max_tokens}"
+        )
 
 
 def parse_stop(value: str) -> tuple[str, ...]:

@@ -27,8 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.config import LlmSettings
-from rag.engine import POLL_S, Generation, StopText, bundled_model_path, parse_stop
-from rag.errors import ContextOverflowError, EngineError, ModelLoadError, UsageError
+from rag.engine import (
+    POLL_S,
+    Generation,
+    StopText,
+    bundled_model_path,
+    check_request,
+    parse_stop,
+)
+from rag.errors import EngineError, ModelLoadError
 from rag.records import Delta
 
 if TYPE_CHECKING:
@@ -103,17 +110,7 @@ class OpenAIEngine:
         stop: Sequence[str] | None = None,
     ) -> Iterator[Delta | Generation]:
         """Yield the answer as Deltas, then one Generation with the counts and timings."""
-        context = min(context_tokens, self.max_context_tokens)
-        needed = len(prompt_ids) + max_tokens
-        if needed > context:
-            raise ContextOverflowError(
-                f"the prompt needs {len(prompt_ids)} tokens + {max_tokens} for the answer = "
-                f"{needed}, over the {context}-token context; ask a shorter question"
-            )
-        if not prompt_ids or max_tokens < 1:
-            raise UsageError(
-                f"nothing to generate: {len(prompt_ids)} prompt tokens, max_tokens {max_tokens}"
-            )
+        check_request(prompt_ids, max_tokens, min(context_tokens, self.max_context_tokens))
         if should_stop():
             yield Generation("", len(prompt_ids), 0, 0.0, 0.0, "cancelled")
             return

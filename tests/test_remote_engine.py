@@ -174,6 +174,18 @@ def test_cancelling_closes_the_stream_at_once(indexed: Settings) -> None:
     engine.stop_batching()
 
 
+def test_doctor_checks_the_generation_server(indexed: Settings) -> None:
+    from dataclasses import replace
+
+    from rag.doctor import FAIL, OK, check_generation_server
+
+    [up] = check_generation_server(indexed.llm)
+    assert up.status == OK and indexed.llm.base_url in up.evidence
+    gone = replace(indexed.llm, base_url=f"http://127.0.0.1:{free_port()}/v1")
+    [down] = check_generation_server(gone)
+    assert down.status == FAIL and "cannot reach the generation server" in down.evidence
+
+
 def test_an_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
     done = subprocess.run(
         [str(RAG), "ask", QUESTION],
