@@ -84,8 +84,11 @@ class Answerer:
         max_tokens: int | None = None,
         temperature: float | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        stop: Sequence[str] = (),
     ) -> Iterator[Delta | Answer]:
         """Yield the answer text as it is generated, then the complete Answer.
+
+        `stop`: strings that end this answer, besides llm.stop (OpenAI's `stop`).
 
         A follow-up question is searched as a standalone query (Answer.rewritten_query).
         When nothing retrieved is similar enough to the question, the answer is NOT_FOUND
@@ -120,6 +123,7 @@ class Answerer:
             reserve,
             temperature,
             should_stop,
+            stop,
         ):
             if isinstance(item, Answer):
                 answer = item
@@ -135,13 +139,14 @@ class Answerer:
         max_tokens: int | None = None,
         temperature: float | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        stop: Sequence[str] = (),
     ) -> Iterator[Delta | Answer]:
         """The plain LLM on a conversation, without documents."""
         if not messages:
             raise UsageError("messages is empty")
         reserve = self._reserve(max_tokens)
         prompt_ids = self.engine.encode_chat(list(messages))
-        yield from self._generate(prompt_ids, [], [], reserve, temperature, should_stop)
+        yield from self._generate(prompt_ids, [], [], reserve, temperature, should_stop, stop)
 
     def _reserve(self, max_tokens: int | None) -> int:
         if max_tokens is None:
@@ -161,6 +166,7 @@ class Answerer:
         max_tokens: int,
         temperature: float | None,
         should_stop: Callable[[], bool],
+        stop: Sequence[str] = (),
     ) -> Iterator[Delta | Answer]:
         generation: Generation | None = None
         # Without sources (the plain LLM) brackets are the model's own, never markers.
@@ -171,6 +177,7 @@ class Answerer:
             context_tokens=self.context_tokens,
             temperature=self.temperature if temperature is None else temperature,
             should_stop=should_stop,
+            stop=(*self.engine.stop, *stop) if stop else None,
         ):
             if isinstance(item, Delta):
                 text = markers.feed(item.text) if markers else item.text

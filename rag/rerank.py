@@ -45,10 +45,15 @@ def relevance_logit(engine: MlxEngine, question: str, passage: Passage) -> float
     ids = engine.encode_chat(
         [{"role": "system", "content": RERANK_SYSTEM_PROMPT}, {"role": "user", "content": user}]
     )
-    logits = engine.model(mx.array([ids]))[0, -1]
     yes = engine.tokenizer.encode("Yes", add_special_tokens=False)[0]
     no = engine.tokenizer.encode("No", add_special_tokens=False)[0]
-    return float(logits[yes] - logits[no])
+
+    def score() -> float:
+        logits = engine.model(mx.array([ids]))[0, -1]
+        return float(logits[yes] - logits[no])
+
+    # Where MLX runs: in `rag serve` the generation thread, never beside it.
+    return engine.call(score)
 
 
 def llm_rerank(

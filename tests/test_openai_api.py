@@ -71,6 +71,20 @@ def test_plain_llm_model_answers_without_documents(client: openai.OpenAI) -> Non
     assert completion.model_extra["citations"] == []
 
 
+def test_stop_strings_cut_the_answer_where_they_begin(client: openai.OpenAI) -> None:
+    llm = next(m.id for m in client.models.list() if m.id.startswith("SmolLM2"))
+    ask = {
+        "model": llm,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    }
+    full = client.chat.completions.create(**ask, max_tokens=16).choices[0].message.content
+    assert "Paris" in full
+    cut = client.chat.completions.create(**ask, max_tokens=16, stop=["Paris"]).choices[0]
+    # Greedy decoding gives the same text up to the stop string, which is not part of it.
+    assert cut.message.content == full[: full.index("Paris")].strip()
+    assert cut.finish_reason == "stop"
+
+
 def test_unknown_model_and_bad_requests_are_clear_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError, match="neither a collection nor the LLM"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])

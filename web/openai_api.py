@@ -52,6 +52,8 @@ class ChatRequest(msgspec.Struct):
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
     stream_options: StreamOptions | None = None
+    # Up to four strings that end the answer (cut from it), as in OpenAI's API.
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
     # rag's own extension: passages to retrieve for a collection model.
     k: Annotated[int, msgspec.Meta(ge=1, le=50)] | None = None
 
@@ -97,13 +99,18 @@ async def chat_completions(
     host: ModelHost = request.app.state.models
     answerer = host.require()
     max_tokens = data.max_completion_tokens or data.max_tokens
+    stops = [data.stop] if isinstance(data.stop, str) else list(data.stop or [])
     if data.model == answerer.engine.name:
         turns = _plain_turns(data.messages)
         collection = ""
 
         def make(stop: Any) -> Iterator[Delta | Answer]:
             return answerer.chat(
-                turns, max_tokens=max_tokens, temperature=data.temperature, should_stop=stop
+                turns,
+                max_tokens=max_tokens,
+                temperature=data.temperature,
+                should_stop=stop,
+                stop=stops,
             )
     else:
         collection = await _collection(host, answerer, caller, data.model)
@@ -123,6 +130,7 @@ async def chat_completions(
                 max_tokens=max_tokens,
                 temperature=data.temperature,
                 should_stop=stop,
+                stop=stops,
             )
 
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
