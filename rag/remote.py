@@ -1,9 +1,9 @@
 """The `openai` engine: generation on an OpenAI-compatible server, everything else here.
 
-vLLM, a llama.cpp server, Ollama, mlx_lm.server or another rag generate; rag still packs
-each prompt with the served model's own tokenizer and chat template (llm.model names it), so
-the planned context holds token for token, and it still checks citations, streams, cancels
-and counts tokens exactly as with the local engine.
+vLLM, a llama.cpp server, Ollama or mlx_lm.server generates; rag still packs each prompt
+with the served model's own tokenizer and chat template (llm.model names it), so the
+planned context holds token for token, and it still checks citations, streams, cancels and
+counts tokens exactly as with the local engine.
 
 - Prompts go to /v1/completions as the text of the rendered chat template, so the server
   runs the very tokens rag counted, whichever template it would apply to a chat request.
