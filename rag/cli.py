@@ -272,6 +272,13 @@ def docs_rm(ctx: click.Context, sources: tuple[str, ...], collection: str | None
         removed = store.delete_documents(name, ids)
         if ids:
             store.maintain(wrote=True)
+    from web.uploads import stored_upload
+
+    # A document uploaded through the service goes with its stored file, as over the API.
+    for doc in stored:
+        upload = stored_upload(doc.path, settings.storage.data_path) if doc.doc_id in ids else None
+        if upload is not None:
+            upload.unlink(missing_ok=True)
     click.echo(f"removed {len(set(ids))} document(s), {removed} chunks, from collection {name!r}")
     if missing:
         raise NotFoundError(f"not in collection {name!r}: {', '.join(missing)}")

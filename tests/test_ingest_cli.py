@@ -162,6 +162,8 @@ def test_docs_list_and_rm(workspace: Path, clean: Path) -> None:
     removed = rag("rm", "docs/doc00.md", str(workspace / "docs" / "doc01.txt"))
     assert removed.returncode == 0, removed.stderr
     assert "removed 2 document(s)" in removed.stdout
+    # The user's own files stay where they are; only the index forgets them.
+    assert (workspace / "docs" / "doc00.md").exists()
     after = [d["source"] for d in json.loads(rag("list", "--json").stdout)["documents"]]
     assert after == sources[2:]
 
@@ -169,3 +171,19 @@ def test_docs_list_and_rm(workspace: Path, clean: Path) -> None:
     assert missing.returncode == 1
     assert "not in collection 'default': docs/nope.md" in missing.stderr
     assert json.loads(rag("list", "--json", "--collection", "other").stdout)["documents"] == []
+
+
+def test_docs_rm_deletes_the_file_the_service_stored_for_an_upload(tmp_path: Path) -> None:
+    from web.uploads import uploads_path
+
+    data = tmp_path / "data"
+    stored = uploads_path(data) / "3f2a-notes.md"  # as the service names an upload
+    stored.parent.mkdir(parents=True)
+    stored.write_text("# Notes\n\nThe badge desk opens at eight.\n")
+    env = rag_env(data)
+    run = {"env": env, "capture_output": True, "text": True, "timeout": 300}
+    assert subprocess.run([str(RAG), "ingest", str(stored)], **run).returncode == 0
+    removed = subprocess.run([str(RAG), "docs", "rm", str(stored)], **run)
+    assert removed.returncode == 0, removed.stderr
+    assert "removed 1 document(s)" in removed.stdout
+    assert not stored.exists()

@@ -30,7 +30,7 @@ from rag.config import Settings
 from rag.errors import NotFoundError, OverloadedError, RagError
 from web.auth import AUTH_ONLY, Caller
 from web.metrics import record_ingest_chunks, record_ingest_file, track_ingest
-from web.uploads import Upload, uploads_path
+from web.uploads import Upload, stored_upload, uploads_path
 
 if TYPE_CHECKING:
     from ingest.report import Progress
@@ -214,6 +214,8 @@ class JobRunner:
                 embedder.dim if embedder else 0,
                 read_consistency_s=0,
             )
+            # Uploads build the vector index at the same size as `rag ingest` does.
+            self._store.vector_index_rows = self.settings.retrieval.vector_index_rows
         return self._store
 
     def _run(self, job: IngestJob, embedder: Embedder) -> None:
@@ -317,11 +319,7 @@ class JobRunner:
 
     def upload_of(self, doc: StoredDocument) -> Path | None:
         """The stored upload behind a document, or None for files `rag ingest` read."""
-        if not doc.path:
-            return None
-        path = Path(doc.path)
-        # The index records resolved paths; only a file directly in uploads/ is ours.
-        return path if path.parent == self.uploads.resolve() else None
+        return stored_upload(doc.path, self.settings.storage.data_path)
 
     def remove_upload(self, doc: StoredDocument) -> None:
         """Delete a document's stored upload, if it is one (never a file outside uploads/)."""

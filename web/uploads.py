@@ -42,6 +42,18 @@ def uploads_path(data_path: Path) -> Path:
     return data_path / UPLOADS_DIR
 
 
+def stored_upload(document_path: str, data_path: Path) -> Path | None:
+    """The upload the service stored for a document, or None for a file `rag ingest` read.
+
+    The index records resolved paths; only a file directly in uploads/ is the service's,
+    so removing a document never deletes a file of the user's.
+    """
+    if not document_path:
+        return None
+    path = Path(document_path)
+    return path if path.parent == uploads_path(data_path).resolve() else None
+
+
 def request_limit_bytes(server: ServerSettings) -> int:
     return server.upload_max_request_mb * MIB
 
