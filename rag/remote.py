@@ -258,8 +258,6 @@ class _EventStream:
             response.close()  # tells the server the client is gone
 
     def _read(self) -> None:
-        import httpx
-
         url = self._url
         try:
             with self._client.stream("POST", url, json=self._body) as response:
@@ -283,7 +281,7 @@ class _EventStream:
                         break
                     self._queue.put(json.loads(data))
             self._queue.put(_DONE)
-        except (httpx.HTTPError, ValueError) as e:
+        except Exception as e:  # httpx, a bad event, or the stream closed under it
             if not self._closed.is_set():
                 self._queue.put(
                     EngineError(f"the generation server at {url} failed: {e}; check llm.base_url")
