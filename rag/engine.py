@@ -69,8 +69,45 @@ class Generation:
     prefill_tokens_per_s: float = 0.0
     # mx.get_peak_memory while the request ran; in a batch, the peak of the whole batch.
     peak_memory_bytes: int = 0
-    # The answer's token ids (without the end-of-turn token).
+    # The answer's token ids (without the end-of-turn token); () from a remote engine.
     token_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def timed(
+        cls,
+        text: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        finish_reason: str,
+        *,
+        start: float,
+        first_token_at: float,
+        end: float,
+        cached_tokens: int = 0,
+        peak_memory_bytes: int = 0,
+        token_ids: tuple[int, ...] = (),
+    ) -> Generation:
+        """The Generation with its rates worked out from perf_counter readings.
+
+        `first_token_at` is 0 when no token came.
+        """
+        ttft = first_token_at - start if first_token_at else 0.0
+        decode_s = end - first_token_at if first_token_at else 0.0
+        decoded = completion_tokens - 1
+        return cls(
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            ttft_s=round(ttft, 4),
+            tokens_per_s=round(decoded / decode_s, 2) if decoded > 0 and decode_s > 0 else 0.0,
+            finish_reason=finish_reason,
+            cached_tokens=cached_tokens,
+            prefill_tokens_per_s=(
+                round((prompt_tokens - cached_tokens) / ttft, 2) if ttft > 0 else 0.0
+            ),
+            peak_memory_bytes=peak_memory_bytes,
+            token_ids=token_ids,
+        )
 
 
 class Cancelled(Exception):
@@ -256,19 +293,15 @@ class MlxEngine:
         if tail:
             parts.append(tail)
             yield Delta(tail)
-        end = time.perf_counter()
-        decode_s = end - first_token_at
-        ttft = first_token_at - start if count else 0.0
-        prefilled = len(prompt_ids) - source.cached_tokens
-        yield Generation(
-            text="".join(parts),
-            prompt_tokens=len(prompt_ids),
-            completion_tokens=count,
-            ttft_s=round(ttft, 4),
-            tokens_per_s=round((count - 1) / decode_s, 2) if count > 1 and decode_s > 0 else 0.0,
-            finish_reason=finish,
+        yield Generation.timed(
+            "".join(parts),
+            len(prompt_ids),
+            count,
+            finish,
+            start=start,
+            first_token_at=first_token_at if count else 0.0,
+            end=time.perf_counter(),
             cached_tokens=source.cached_tokens,
-            prefill_tokens_per_s=round(prefilled / ttft, 2) if ttft > 0 else 0.0,
             peak_memory_bytes=source.peak_memory_bytes,
             token_ids=tuple(tokens),
         )

@@ -183,26 +183,21 @@ class OpenAIEngine:
             parts.append(tail)
             yield Delta(tail)
         text = "".join(parts)
-        end = time.perf_counter()
-        token_ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
         # The server's count when it gives one (it includes an end-of-turn token, as the
         # local engine's does); else the text's own tokens.
-        completion = int(usage.get("completion_tokens") or len(token_ids))
-        ttft = first_at - start if first_at else 0.0
-        decode_s = end - first_at if first_at else 0.0
+        completion = usage.get("completion_tokens")
+        if not completion:
+            completion = len(self.tokenizer.encode(text, add_special_tokens=False))
         cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-        yield Generation(
-            text=text,
-            prompt_tokens=len(prompt_ids),
-            completion_tokens=completion,
-            ttft_s=round(ttft, 4),
-            tokens_per_s=(
-                round((completion - 1) / decode_s, 2) if completion > 1 and decode_s > 0 else 0.0
-            ),
-            finish_reason=finish,
+        yield Generation.timed(
+            text,
+            len(prompt_ids),
+            int(completion),
+            finish,
+            start=start,
+            first_token_at=first_at,
+            end=time.perf_counter(),
             cached_tokens=cached,
-            prefill_tokens_per_s=round((len(prompt_ids) - cached) / ttft, 2) if ttft > 0 else 0.0,
-            token_ids=token_ids,
         )
 
     # -- what the service calls on any engine --------------------------------------------
