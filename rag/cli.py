@@ -155,8 +155,12 @@ def _ingest(
     from rag.store import open_index
 
     embedder = load_embedder(settings.embedding)
-    store = open_index(settings.storage, embedder.name, embedder.dim)
-    store.vector_index_rows = settings.retrieval.vector_index_rows
+    store = open_index(
+        settings.storage,
+        embedder.name,
+        embedder.dim,
+        vector_index_rows=settings.retrieval.vector_index_rows,
+    )
     progress = _ProgressLine()
     reembedded = 0
     if reembed:
@@ -254,32 +258,26 @@ def docs_list(ctx: click.Context, collection: str | None, as_json: bool) -> None
 def docs_rm(ctx: click.Context, sources: tuple[str, ...], collection: str | None) -> None:
     """Remove documents (as `rag docs list` names them, or by file path) with their chunks."""
     from rag.errors import NotFoundError
-    from rag.store import REMOVAL_KEEP_VERSIONS_S, open_index
+    from rag.store import open_index
+    from web.uploads import stored_upload
 
     settings = cli_settings(ctx)
     name = collection or settings.storage.collection
-    store = open_index(settings.storage, None, 0, keep_versions_s=REMOVAL_KEEP_VERSIONS_S)
+    store = open_index(
+        settings.storage, None, 0, vector_index_rows=settings.retrieval.vector_index_rows
+    )
+    wanted = {str(Path(s).expanduser().resolve()): s for s in sources} | {s: s for s in sources}
     with store.writer(on_wait=say):
-        stored = store.documents(name).values()
-        ids: list[str] = []
-        missing: list[str] = []
-        for source in sources:
-            resolved = str(Path(source).expanduser().resolve())
-            match = [d.doc_id for d in stored if source in (d.source, d.path) or d.path == resolved]
-            ids.extend(match)
-            if not match:
-                missing.append(source)
-        removed = store.delete_documents(name, ids)
-        if ids:
-            store.maintain(wrote=True)
-    from web.uploads import stored_upload
-
+        docs, removed = store.remove_documents(
+            name, lambda d: d.source in wanted or d.path in wanted
+        )
     # A document uploaded through the service goes with its stored file, as over the API.
-    for doc in stored:
-        upload = stored_upload(doc.path, settings.storage.data_path) if doc.doc_id in ids else None
-        if upload is not None:
+    for doc in docs:
+        if (upload := stored_upload(doc.path, settings.storage.data_path)) is not None:
             upload.unlink(missing_ok=True)
-    click.echo(f"removed {len(set(ids))} document(s), {removed} chunks, from collection {name!r}")
+    found = {wanted[k] for d in docs for k in (d.source, d.path) if k in wanted}
+    missing = [s for s in sources if s not in found]
+    click.echo(f"removed {len(docs)} document(s), {removed} chunks, from collection {name!r}")
     if missing:
         raise NotFoundError(f"not in collection {name!r}: {', '.join(missing)}")
 

@@ -114,8 +114,9 @@ def run_maintenance(
     if not settings.storage.remote and not data_path.is_dir():
         report.reason = "no index"  # nothing to do, and a cron job must not create the dir
         return report
-    store = open_index(settings.storage, None, 0)
-    store.vector_index_rows = settings.retrieval.vector_index_rows
+    store = open_index(
+        settings.storage, None, 0, vector_index_rows=settings.retrieval.vector_index_rows
+    )
     with store.writer(on_wait):
         before = _facts(store, store.active_table_name())
         if before is None:

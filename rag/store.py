@@ -373,14 +373,31 @@ class Store:
                 raise StoreError(f"removing {len(ids)} document(s): {e}") from e
             return int(result.num_deleted_rows)
 
-    def maintain(self, wrote: bool) -> bool:
+    def remove_documents(
+        self, collection: str, match: Callable[[StoredDocument], bool]
+    ) -> tuple[list[StoredDocument], int]:
+        """Remove the matching documents in one commit; returns them and the chunks removed.
+
+        Its compaction keeps REMOVAL_KEEP_VERSIONS_S of versions whatever
+        storage.keep_versions_s says, so a removal (`rag docs rm`, DELETE /api/documents)
+        is never an erasure.
+        """
+        with self.writer():
+            docs = [d for d in self.documents(collection).values() if match(d)]
+            chunks = self.delete_documents(collection, [d.doc_id for d in docs])
+            if docs:
+                self.maintain(wrote=True, keep_versions_s=REMOVAL_KEEP_VERSIONS_S)
+        return docs, chunks
+
+    def maintain(self, wrote: bool, *, keep_versions_s: float | None = None) -> bool:
         """Keep the full-text index current and fragments and versions bounded.
 
         After a run that wrote: build the FTS index if missing, else fold new rows into it,
-        compact and prune versions older than keep_versions_s. A run that wrote nothing
-        changes nothing unless a crash left the index missing or behind. Returns whether it
-        wrote.
+        compact and prune versions older than `keep_versions_s` (default: the store's). A
+        run that wrote nothing changes nothing unless a crash left the index missing or
+        behind. Returns whether it wrote.
         """
+        keep_s = self.keep_versions_s if keep_versions_s is None else keep_versions_s
         from lancedb.index import FTS
 
         with self.writer() as hold:
@@ -397,7 +414,7 @@ class Store:
                 if FTS_INDEX not in indexed:
                     table.create_index("text", config=FTS(), name=FTS_INDEX)
                 self._ensure_vector_index(table, indexed)
-                table.optimize(cleanup_older_than=timedelta(seconds=self.keep_versions_s))
+                table.optimize(cleanup_older_than=timedelta(seconds=keep_s))
             except (OSError, RuntimeError, ValueError) as e:
                 raise StoreError(f"maintaining the index: {e}") from e
             return True
@@ -606,21 +623,25 @@ def open_index(
     dim: int,
     read_consistency_s: float | None = None,
     *,
-    keep_versions_s: float | None = None,
+    vector_index_rows: int | None = None,
 ) -> Store:
     """open_store with everything the [storage] settings say: where, lock wait, retention.
 
-    `keep_versions_s` overrides storage.keep_versions_s for this store's own compactions.
+    Writers pass retrieval.vector_index_rows: the size at which their compactions build
+    the vector index.
     """
     from rag.objectstore import index_location
 
-    return open_store(
+    store = open_store(
         storage.data_path,
         embedding_model,
         dim,
         read_consistency_s,
         lock_wait_s=storage.lock_wait_s,
-        keep_versions_s=storage.keep_versions_s if keep_versions_s is None else keep_versions_s,
+        keep_versions_s=storage.keep_versions_s,
         location=index_location(storage),
         lease_s=storage.lease_s,
     )
+    if vector_index_rows is not None:
+        store.vector_index_rows = vector_index_rows
+    return store

@@ -112,6 +112,21 @@ def test_delete_then_maintain_with_retention_0_leaves_no_text_on_disk(
     assert sorted(p.name for p in (data / "lancedb").iterdir()) == [f"{table.name}.lance"]
 
 
+def test_a_removal_is_never_an_erasure_even_with_retention_0(
+    indexed: Path, tmp_path: Path, embedder: Embedder
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(indexed / "data", data)
+    # What `rag serve` holds for DELETE /api/documents with storage.keep_versions_s = 0.
+    store = open_store(data, embedder.name, embedder.dim, keep_versions_s=0)
+    before = len(_table(data).list_versions())
+    docs, chunks = store.remove_documents("default", lambda d: d.source.endswith("handbook.md"))
+    assert [Path(d.source).name for d in docs] == ["handbook.md"] and chunks > 0
+    # The versions from before the removal are still there to roll back to.
+    assert len(_table(data).list_versions()) > before
+    assert _files_holding(data, ERASED)
+
+
 def test_maintain_runs_when_due_and_reports_what_it_reclaimed(
     indexed: Path, tmp_path: Path
 ) -> None:

@@ -49,18 +49,12 @@ class Library:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _open(self) -> Store:
-        from rag.store import REMOVAL_KEEP_VERSIONS_S, open_index
+        from rag.store import open_index
 
         if self._store is None:
             # Any embedding model: listing needs none. Strong consistency: a job's documents
             # are listed the moment it says it is done.
-            self._store = open_index(
-                self.settings.storage,
-                None,
-                0,
-                read_consistency_s=0,
-                keep_versions_s=REMOVAL_KEEP_VERSIONS_S,
-            )
+            self._store = open_index(self.settings.storage, None, 0, read_consistency_s=0)
         return self._store
 
     async def documents(self, collection: str) -> list[StoredDocument]:
@@ -145,12 +139,7 @@ def _remove(
     runner: JobRunner, collection: str, match: Callable[[StoredDocument], bool]
 ) -> tuple[list[StoredDocument], int]:
     """On the writer thread: remove the matching documents in one commit, then their files."""
-    store = runner.writer_store()
-    with store.writer():
-        docs = [d for d in store.documents(collection).values() if match(d)]
-        chunks = store.delete_documents(collection, [d.doc_id for d in docs])
-        if docs:
-            store.maintain(wrote=True)
+    docs, chunks = runner.writer_store().remove_documents(collection, match)
     for doc in docs:
         runner.remove_upload(doc)
     return docs, chunks

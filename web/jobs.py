@@ -213,9 +213,8 @@ class JobRunner:
                 embedder.name if embedder else None,
                 embedder.dim if embedder else 0,
                 read_consistency_s=0,
+                vector_index_rows=self.settings.retrieval.vector_index_rows,
             )
-            # Uploads build the vector index at the same size as `rag ingest` does.
-            self._store.vector_index_rows = self.settings.retrieval.vector_index_rows
         return self._store
 
     def _run(self, job: IngestJob, embedder: Embedder) -> None:
