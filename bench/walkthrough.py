@@ -61,7 +61,8 @@ def main() -> None:
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
-        ids, _ = answerer.pack(QUESTION, answerer.search(QUESTION, "default", settings.retrieval.k))
+        passages = answerer.search(QUESTION, "default", settings.retrieval.k)
+        ids = answerer.pack(QUESTION, passages).prompt_ids
         t0 = time.perf_counter()
         first = last = None
         n = 0

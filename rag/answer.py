@@ -12,7 +12,7 @@ from rag.conversation import llm_rewrite, rule_rewrite
 from rag.embedder import Embedder
 from rag.engine import Generation, MlxEngine
 from rag.errors import UsageError
-from rag.packing import merge_adjacent, pack
+from rag.packing import Packing, merge_adjacent, pack
 from rag.prompts import Message
 from rag.records import Answer, Delta, Passage, Usage
 from rag.rerank import llm_rerank
@@ -62,17 +62,21 @@ class Answerer:
         passages: list[Passage],
         history: Sequence[Message] = (),
         reserve_tokens: int | None = None,
-    ) -> tuple[list[int], list[Passage]]:
-        """Prompt ids with as many passages as fit, dropping the lowest-ranked first.
+    ) -> Packing:
+        """The prompt with as many passages as fit, adjacent chunks merged, lowest-ranked
+        dropped first.
 
         Down to one passage; then the oldest turns of the history go, then the last passage
         (rag.packing.pack); a question that does not fit alone is refused.
         """
         reserve = self.answer_tokens if reserve_tokens is None else reserve_tokens
-        packing = pack(
-            self.engine.encode_chat, question, passages, history, self.context_tokens - reserve
+        return pack(
+            self.engine.encode_chat,
+            question,
+            merge_adjacent(passages),
+            history,
+            self.context_tokens - reserve,
         )
-        return packing.prompt_ids, packing.kept
 
     def stream(
         self,
@@ -108,13 +112,7 @@ class Answerer:
         if self.retrieval.rerank == "llm":
             passages = llm_rerank(self.engine, rewritten or question, passages, self.retrieval)
         reserve = self._reserve(max_tokens)
-        packing = pack(
-            self.engine.encode_chat,
-            question,
-            merge_adjacent(passages),
-            history,
-            self.context_tokens - reserve,
-        )
+        packing = self.pack(question, passages, history, reserve)
         answer = None
         for item in self._generate(
             packing.prompt_ids,

@@ -95,9 +95,9 @@ def read_model_spec(model: str) -> ModelSpec:
     A hub id is read from the local Hugging Face cache when it is there, else taken from
     the catalog; nothing is downloaded.
     """
-    from rag.engine import bundled_model_path
+    from rag.engine import model_path
 
-    path = bundled_model_path() if model == "bundled" else Path(model).expanduser()
+    path = model_path(model)
     if path.suffix == ".gguf":
         return read_gguf_spec(path)
     if path.is_dir():

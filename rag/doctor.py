@@ -361,10 +361,10 @@ def embedding_dim(path: Path) -> int:
 
 def check_llm_model(settings: LlmSettings) -> Check:
     from rag.catalog import read_model_spec
-    from rag.engine import bundled_model_path
+    from rag.engine import model_path
 
     model = settings.model
-    path = bundled_model_path() if model == "bundled" else Path(model).expanduser()
+    path = model_path(model)
     if not path.exists() and not _in_hub_cache(model):
         return Check(
             "llm model",

@@ -171,10 +171,7 @@ class MlxEngine:
         return ids
 
     def _render(self, messages: list[dict[str, str]]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        return render_chat(self.tokenizer, messages)
 
     def _fixed_prefix(self, messages: list[dict[str, str]]) -> tuple[int, ...]:
         """The tokens every prompt with this system prompt starts with (up to the user turn).
@@ -612,6 +609,17 @@ def bundled_model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def model_path(spec: str) -> Path:
+    """The file or directory llm.model names ("bundled": the packaged GGUF)."""
+    return bundled_model_path() if spec == "bundled" else Path(spec).expanduser()
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of `messages` through the tokenizer's chat template, ready to answer."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
 def load_engine(settings: LlmSettings, *, tune: bool = True) -> MlxEngine | OpenAIEngine:
     """Load the configured model: the bundled GGUF, a .gguf file, an MLX dir or a cached hub id.
 
@@ -629,7 +637,7 @@ def load_engine(settings: LlmSettings, *, tune: bool = True) -> MlxEngine | Open
 def load_mlx_engine(settings: LlmSettings, *, tune: bool = True) -> MlxEngine:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = settings.model
-    path = bundled_model_path() if spec == "bundled" else Path(spec).expanduser()
+    path = model_path(spec)
     options = {"kv_bits": settings.kv_bits or None, "stop": parse_stop(settings.stop)}
     if path.suffix == ".gguf":
         from rag.gguf import load_gguf

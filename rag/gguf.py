@@ -53,8 +53,8 @@ def load_gguf(
     splitting matmuls across `cpu_threads` cores (0: all of them).
 
     The config holds the mlx_lm llama model arguments plus `quantization`
-    ({"group_size", "bits"} of the bulk of the layers, or None), `file_size_bytes`,
-    `weight_bytes` (in memory, as loaded) and `gguf_file_type`.
+    ({"group_size", "bits"} of the bulk of the layers, or None): what config.json of an
+    MLX model directory holds (rag.modeldir writes it as it is).
     """
     path = Path(path)
     if not path.is_file():
@@ -62,7 +62,6 @@ def load_gguf(
 
     import mlx.core as mx
     import mlx.nn as nn
-    from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
     try:
@@ -113,8 +112,6 @@ def load_gguf(
         tune_model(model, cpu_threads or None)
     model.eval()
     mx.eval(model.parameters())
-    # What the weights occupy once loaded, which is not the file size after the cast above.
-    config["weight_bytes"] = sum(a.nbytes for _, a in tree_flatten(model.parameters()))
 
     from mlx_lm.tokenizer_utils import TokenizerWrapper
 
@@ -172,8 +169,6 @@ def _config_from_metadata(metadata: dict[str, Any], path: Path) -> dict[str, Any
         ),
         "max_position_embeddings": value("llama.context_length"),
         "vocab_size": len(value("tokenizer.ggml.tokens")),
-        "file_size_bytes": path.stat().st_size,
-        "gguf_file_type": _SUPPORTED_FILE_TYPES.get(file_type),
     }
 
 

@@ -23,9 +23,6 @@ from pathlib import Path
 
 from rag.errors import ModelLoadError, UsageError
 
-# Keys rag.gguf adds to the model arguments for the planner; not model arguments.
-_PLANNER_KEYS = ("file_size_bytes", "weight_bytes", "gguf_file_type")
-
 
 @dataclass(frozen=True)
 class Conversion:
@@ -44,9 +41,9 @@ def convert_model(source: str, directory: Path, *, bits: int = 4) -> Conversion:
         raise UsageError(f"{directory} already exists and is not empty; give a new directory")
     if bits not in (4, 8):
         raise UsageError(f"--bits {bits}: use 4 or 8")
-    from rag.engine import bundled_model_path
+    from rag.engine import model_path
 
-    path = bundled_model_path() if source == "bundled" else Path(source).expanduser()
+    path = model_path(source)
     if not path.exists():
         raise UsageError(f"{source}: no such file or directory")
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +74,7 @@ def _write_from_gguf(path: Path, staged: Path) -> int | None:
 
     # tune=False: the weights exactly as the file has them, not rag's CPU-tuned copies.
     model, tokenizer, config = load_gguf(path, tune=False)
-    arguments = {k: v for k, v in config.items() if k not in _PLANNER_KEYS}
+    arguments = dict(config)
     hf_tokenizer = tokenizer._tokenizer
     # mlx_lm stops on these ids; the GGUF's EOS is often the document end rather than the
     # token that closes an assistant turn, so a server would otherwise run to max_tokens.

@@ -89,12 +89,14 @@ class OnnxMiniLM:
 
 
 def cached_model_path(model_dir: Path, cache_dir: Path) -> Path:
-    """Where the int8 file made from `model_dir` is cached: named by the weights' digest."""
-    digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        with open(model_dir / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+    """Where the int8 file made from `model_dir` is cached.
+
+    Named by the config and the weight file's size and modification time: reinstalled or
+    changed weights get a new file, and no start reads the 90 MB of weights to find it.
+    """
+    weights = (model_dir / "model.safetensors").stat()
+    digest = hashlib.sha256((model_dir / "config.json").read_bytes())
+    digest.update(f"{weights.st_size}:{weights.st_mtime_ns}".encode())
     return cache_dir / f"{MODEL_NAME}-r{RECIPE_VERSION}-{digest.hexdigest()[:16]}.onnx"
 
 

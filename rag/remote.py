@@ -31,9 +31,10 @@ from rag.engine import (
     POLL_S,
     Generation,
     StopText,
-    bundled_model_path,
     check_request,
+    model_path,
     parse_stop,
+    render_chat,
 )
 from rag.errors import EngineError, ModelLoadError
 from rag.records import Delta
@@ -47,8 +48,6 @@ _DONE = object()
 
 class OpenAIEngine:
     """The engine interface of rag.engine.MlxEngine, served by a remote OpenAI-compatible API."""
-
-    kv_bits = None
 
     def __init__(
         self,
@@ -86,10 +85,7 @@ class OpenAIEngine:
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the prompt exactly as the server will see it (template included)."""
-        text = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        return render_chat(self.tokenizer, messages)
 
     def prompt_text(self, prompt_ids: Sequence[int]) -> str:
         text = self.tokenizer.decode(list(prompt_ids), skip_special_tokens=False)
@@ -206,13 +202,9 @@ class OpenAIEngine:
         self,
         concurrency: int,
         idle: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-    ) -> bool:
-        """The server batches; here each request only gives up the model lock while it waits.
-
-        Returns True: concurrent requests are generated together (by the server).
-        """
+    ) -> None:
+        """The server batches; here each request only gives up the model lock while it waits."""
         self._idle = idle
-        return True
 
     def stop_batching(self) -> None:
         self._idle = contextlib.nullcontext
@@ -221,9 +213,6 @@ class OpenAIEngine:
     @property
     def batcher(self) -> None:
         return None
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return fn(*args)
 
 
 class _EventStream:
@@ -345,21 +334,23 @@ def load_tokenizer(model: str) -> tuple[PreTrainedTokenizerBase, int]:
     """(tokenizer with its chat template, the model's maximum context) for llm.model."""
     from transformers import AutoTokenizer
 
-    from rag.catalog import read_model_spec
-
-    spec = read_model_spec(model)
-    path = bundled_model_path() if model == "bundled" else Path(model).expanduser()
+    path = model_path(model)
     try:
         if path.suffix == ".gguf":
-            from rag.gguf import load_gguf_tokenizer
+            from rag.gguf import _config_from_metadata, load_gguf_tokenizer
             from rag.modelspec import read_gguf_header
 
-            template = read_gguf_header(path)[0].get("tokenizer.chat_template")
-            return load_gguf_tokenizer(path, template), spec.max_context_tokens
+            metadata = read_gguf_header(path)[0]
+            context = _config_from_metadata(metadata, path)["max_position_embeddings"]
+            template = metadata.get("tokenizer.chat_template")
+            return load_gguf_tokenizer(path, template), context
+        from rag.catalog import read_model_spec
+
+        context = read_model_spec(model).max_context_tokens
         name = str(path) if path.exists() else model
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError, KeyError, ImportError) as e:
         raise ModelLoadError(f"cannot load the tokenizer of llm.model = {model!r}: {e}") from e
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"llm.model = {model!r} has no chat template to pack prompts with")
-    return tokenizer, spec.max_context_tokens
+    return tokenizer, context

@@ -152,10 +152,11 @@ def test_packing_drops_the_lowest_ranked_passages_first(
         for i in range(4)
     ]
     answerer = Answerer(store, embedder, engine, context_tokens=400, answer_tokens=50)
-    ids, kept = answerer.pack("What is in passage 0?", passages)
+    packing = answerer.pack("What is in passage 0?", passages)
+    kept = packing.kept
     assert 0 < len(kept) < len(passages)
     assert kept == passages[: len(kept)]
-    assert len(ids) + 50 <= 400
+    assert len(packing.prompt_ids) + 50 <= 400
 
 
 def test_question_with_no_documents_says_so_without_generating(
