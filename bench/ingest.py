@@ -46,9 +46,9 @@ from rag.store import open_store  # noqa: E402
 BACKENDS = ("torch", "onnx-int8")
 
 
-def corpus_dir(into: Path) -> Path:
-    """The FAQ's HTML chapters plus its PDF and text editions, unpacked, in `into`/FAQ."""
-    faq, _ = build(DEFAULT_CACHE)
+def corpus_dir(faq: Path, into: Path) -> Path:
+    """The FAQ's HTML chapters plus its PDF and text editions (from `faq`), unpacked, in
+    `into`/FAQ."""
     target = into / "FAQ"  # eval sources are named FAQ/<chapter>.en.html
     target.mkdir(parents=True, exist_ok=True)
     for path in sorted(faq.iterdir()):
@@ -116,11 +116,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    _, questions_file = build(DEFAULT_CACHE)
+    faq, questions_file = build(DEFAULT_CACHE)
     questions = [q for q in load_questions(questions_file) if q.answerable]
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = corpus_dir(Path(tmp))
+        corpus = corpus_dir(faq, Path(tmp))
         for backend in BACKENDS:
             started = time.perf_counter()
             embedder = load_embedder(EmbeddingSettings(device=args.device, backend=backend))

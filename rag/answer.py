@@ -20,6 +20,7 @@ from rag.retrieval import Retriever, is_relevant
 from rag.store import Store
 
 if TYPE_CHECKING:
+    from rag.planner import Plan
     from rag.remote import OpenAIEngine
 
 NOTHING_FOUND = "Nothing in your documents matches this question; ingest documents first."
@@ -38,11 +39,25 @@ class Answerer:
     answer_tokens: int
     temperature: float = 0.0
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
-    # What the memory plan says MLX will hold at most (weights, KV cache, prefill), in bytes.
-    planned_mlx_bytes: int = 0
+    # The memory plan the local model runs under; None when a remote server generates.
+    plan: Plan | None = None
 
     def __post_init__(self) -> None:
         self.retriever = Retriever(self.store, self.embedder, self.retrieval)
+
+    @property
+    def planned_mlx_bytes(self) -> int:
+        """What the plan says MLX will hold at most (weights, KV cache, prefill)."""
+        return self.plan.peak_bytes - self.plan.embedder_bytes if self.plan else 0
+
+    def concurrency(self, configured: int) -> int:
+        """llm.concurrency, capped by how many full contexts the memory plan fits at once.
+
+        A remote server holds its own KV caches and plans its own batches.
+        """
+        if self.plan is None:
+            return configured
+        return max(1, min(configured, self.plan.max_concurrent_sequences))
 
     def search(self, query: str, collection: str, k: int) -> list[Passage]:
         """The k best passages for `query` (hybrid or vector, as retrieval.mode says)."""
@@ -227,14 +242,12 @@ def load_answerer(settings: Settings, read_consistency_s: float | None = None) -
     from rag.sizing import plan_configured
     from rag.store import open_index
 
-    local = settings.llm.engine == "mlx"
     context_tokens = settings.llm.context_tokens
-    planned_mlx_bytes = 0
-    if local:
+    served = None
+    if settings.llm.engine == "mlx":
         served = plan_configured(settings, resolve_hardware(settings.hardware))
         require_fit(served)
         context_tokens = min(context_tokens, served.max_context_tokens)
-        planned_mlx_bytes = served.peak_bytes - served.embedder_bytes
     # The remote engine first: an unreachable server is reported before the slow loads.
     engine = load_engine(settings.llm)
     embedder = load_embedder(settings.embedding)
@@ -247,5 +260,5 @@ def load_answerer(settings: Settings, read_consistency_s: float | None = None) -
         answer_tokens=settings.llm.answer_tokens,
         temperature=settings.llm.temperature,
         retrieval=settings.retrieval,
-        planned_mlx_bytes=planned_mlx_bytes,
+        plan=served,
     )

@@ -42,13 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import NotFoundError, RagError, StoreError, UsageError
-from rag.objectstore import IndexLocation, local_location
+from rag.objectstore import DB_DIR, IndexLocation, local_location
 
 FORMAT = 1
 MANIFEST = "backup.json"
 DATA = "data"
 CONFIG_COPY = "config.toml"
-DB_DIR = "lancedb"
 _ATTEMPTS = 3
 # Rows per batch copied: about 2 KB each with a 384-d vector, so a few MB in memory.
 _BATCH_ROWS = 4096

@@ -32,7 +32,6 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rag.config import Settings
     from rag.engine import MlxEngine
 
 log = logging.getLogger("rag.batching")
@@ -294,17 +293,3 @@ class Batcher:
         finally:
             tokens.cancel()
             request.peak_memory_bytes = max(request.peak_memory_bytes, tokens.peak_memory_bytes)
-
-
-def planned_concurrency(settings: Settings) -> int:
-    """llm.concurrency, capped by how many full contexts the memory plan fits at once.
-
-    With llm.engine = "openai" the server holds the KV caches and plans its own batches.
-    """
-    if settings.llm.engine == "openai":
-        return settings.llm.concurrency
-    from rag.hardware import resolve_hardware
-    from rag.sizing import plan_configured
-
-    served = plan_configured(settings, resolve_hardware(settings.hardware))
-    return max(1, min(settings.llm.concurrency, served.max_concurrent_sequences))

@@ -188,16 +188,3 @@ class Lease:
         except (ValueError, AttributeError):
             who = "another writer"
         return str(response["ETag"]), who
-
-
-def holder(location: IndexLocation) -> str:
-    """Who holds the lease, as its record says ("host pid 123 rag ingest"), or ""."""
-    from rag.objectstore import read_object
-
-    body = read_object(s3_client(location), location, LEASE_OBJECT)
-    if body is None:
-        return ""
-    try:
-        return str(json.loads(body).get("holder", ""))
-    except (ValueError, AttributeError):
-        return ""

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from rag.store import Store
 
 STATE_FILE = "maintenance.json"
-DB_DIR = "lancedb"
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,13 +60,6 @@ def _lock_for(path: Path, key: str = "") -> _ProcessLock:
         return _registry[key]
 
 
-def held(data_path: Path, location: IndexLocation | None = None) -> Hold | None:
-    """This process's hold on the index's writer lock, or None when it holds none."""
-    key = f"lease:{location.uri}" if location is not None and location.remote else ""
-    lock = _lock_for(data_path / LOCK_FILE, key)
-    return Hold(lock) if lock.depth > 0 else None
-
-
 def holder(data_path: Path) -> str:
     """Who holds the lock, as written by the holder ("pid 123 rag ingest"), or ""."""
     try:

@@ -30,7 +30,7 @@ from rag.config import Settings
 from rag.errors import NotFoundError, OverloadedError, RagError
 from web.auth import AUTH_ONLY, Caller
 from web.metrics import record_ingest_chunks, record_ingest_file, track_ingest
-from web.uploads import Upload, stored_upload, uploads_path
+from web.uploads import Upload, stored_upload
 
 if TYPE_CHECKING:
     from ingest.report import Progress
@@ -118,7 +118,6 @@ class JobRunner:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.uploads = uploads_path(settings.storage.data_path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-writer")
         self._lock = threading.Lock()  # guards the jobs and their fields across threads
         self._jobs: OrderedDict[str, IngestJob] = OrderedDict()

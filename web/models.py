@@ -73,9 +73,7 @@ class ModelHost:
     def _load(self) -> None:
         try:
             answerer = load_answerer(self.settings, read_consistency_s=READ_CONSISTENCY_S)
-            from rag.batching import planned_concurrency
-
-            self.concurrency = planned_concurrency(self.settings)
+            self.concurrency = answerer.concurrency(self.settings.llm.concurrency)
             answerer.engine.start_batching(self.concurrency, idle=self._unlocked)
             batcher = answerer.engine.batcher  # None: a remote server batches
             track_memory(answerer.planned_mlx_bytes)
@@ -209,6 +207,10 @@ class ModelHost:
                     item = self._locked(next, items, _END)
                     if item is _END:
                         break
+                    if isinstance(item, Answer):
+                        # Here on the worker thread: the ledger writes a file.
+                        record_answer(item, *labels)
+                        self._record_usage(item, *labels)
                     loop.call_soon_threadsafe(queue.put_nowait, ("item", item))
             except BaseException as e:  # handed to the consumer, which re-raises it
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
@@ -223,9 +225,6 @@ class ModelHost:
                     break
                 if kind == "error":
                     raise value
-                if isinstance(value, Answer):
-                    record_answer(value, *labels)
-                    self._record_usage(value, *labels)
                 yield value
         finally:
             stop.set()
