@@ -435,12 +435,28 @@ def _eval_runners(settings: Settings, collection: str, generate: bool) -> tuple[
     def is_refused(query: str, passages: list[Any]) -> bool:
         return not is_relevant(passages[: r.k], r.min_score, query)
 
-    def answer(q: EvalQuestion) -> Any:
+    # Answers given so far, by the questions of the conversation up to them: a follow-up is
+    # asked after its earlier questions were answered, with those answers as its history.
+    said: dict[tuple[str, ...], str] = {}
+
+    def said_to(conversation: tuple[str, ...]) -> str:
+        if conversation not in said:
+            said[conversation] = ask(conversation[-1], conversation[:-1]).answer
+        return said[conversation]
+
+    def ask(question: str, before: tuple[str, ...]) -> Any:
         assert answerer is not None
+        answers = [said_to(before[: n + 1]) for n in range(len(before))]
+        turns = EvalQuestion(question, history=before).turns(answers)
         final = None
-        for item in answerer.stream(q.question, collection, r.k, history=q.turns()):
+        for item in answerer.stream(question, collection, r.k, history=turns):
             final = item
         return final
+
+    def answer(q: EvalQuestion) -> Any:
+        reply = ask(q.question, q.history)
+        said[(*q.history, q.question)] = reply.answer
+        return reply
 
     return search, is_refused, (answer if generate else None)
 

@@ -8,9 +8,12 @@ answer nor source is unanswerable: the right outcome is "not found". `history` i
 of earlier user questions, for follow-up questions.
 
 Metrics: hit@1, hit@5 and MRR@10 of retrieval over answerable questions; citation precision
-(the share of [n] markers whose passage contains the answer; needs generation); "not found"
-accuracy on unanswerable questions and the share of answerable ones wrongly refused;
-search latency p50/p95.
+(the share of [n] markers whose passage contains the answer; needs generation); answer
+accuracy (the share of answerable lines whose generated answer contains the line's `answer`,
+compared without case, punctuation or spacing; needs generation); "not found" accuracy on
+unanswerable questions and the share of answerable ones wrongly refused; search latency
+p50/p95. With generation, a follow-up's earlier questions are answered first and their
+answers are the history the follow-up is asked with, as in a real conversation.
 """
 
 from __future__ import annotations
@@ -51,11 +54,15 @@ class EvalQuestion:
     def answerable(self) -> bool:
         return self.answer is not None or self.source is not None
 
-    def turns(self) -> list[Message]:
-        """The history as chat turns (the earlier answers are not known, so left empty)."""
+    def turns(self, answers: Sequence[str] = ()) -> list[Message]:
+        """The history as chat turns; `answers` are the earlier answers, "" where unknown."""
         turns: list[Message] = []
-        for asked in self.history:
-            turns += [{"role": "user", "content": asked}, {"role": "assistant", "content": ""}]
+        for n, asked in enumerate(self.history):
+            answered = answers[n] if n < len(answers) else ""
+            turns += [
+                {"role": "user", "content": asked},
+                {"role": "assistant", "content": answered},
+            ]
         return turns
 
 
@@ -69,6 +76,9 @@ class QuestionResult:
     cited_hits: int = 0
     cited: int = 0
     answer_s: float | None = None
+    # The generated answer holds the expected one (None: not generated, or no `answer`).
+    answer_correct: bool | None = None
+    answer_text: str | None = None
 
 
 @dataclass
@@ -81,6 +91,9 @@ class EvalReport:
         ranks = [r.rank for r in answerable]
         cited = sum(r.cited for r in answerable)
         answered = [r.answer_s for r in self.results if r.answer_s is not None]
+        # A refused answerable line counts as a wrong answer.
+        graded = [r for r in answerable if r.question.answer is not None]
+        correct = [bool(r.answer_correct) for r in graded]
         return {
             "questions": len(self.results),
             "answerable": len(answerable),
@@ -92,12 +105,19 @@ class EvalReport:
                 round(sum(r.cited_hits for r in answerable) / cited, 4) if cited else None
             ),
             "cited_markers": cited if answered else None,
+            "answer_accuracy": _share(correct, bool) if answered else None,
             "not_found_accuracy": _share([r.refused for r in unanswerable], bool),
             "false_not_found": _share([r.refused for r in answerable], bool),
             "search_ms": _percentiles([r.search_ms for r in self.results]),
             "answer_s": _percentiles(answered) if answered else None,
             "missed_at_5": [
                 r.question.question for r in answerable if r.rank is None or r.rank > 5
+            ],
+            "wrong_answers": [
+                {"question": r.question.question, "expected": r.question.answer,
+                 "answer": r.answer_text}
+                for r in graded
+                if answered and not r.answer_correct
             ],
         }
 
@@ -149,6 +169,17 @@ def contains_answer(text: str, answer: str) -> bool:
     return found == len(wanted) if len(wanted) <= 3 else found >= 0.8 * len(wanted)
 
 
+def normalized(text: str) -> str:
+    """Lower case, punctuation as spaces, single spaces: how answers are compared."""
+    return " ".join(_WORD.findall(text.lower().replace("_", " ")))
+
+
+def answers_with(generated: str, expected: str) -> bool:
+    """Whether the generated answer states the expected one (see `normalized`)."""
+    wanted = normalized(expected)
+    return bool(wanted) and f" {wanted} " in f" {normalized(generated)} "
+
+
 def same_source(stored: str, wanted: str) -> bool:
     stored, wanted = stored.replace("\\", "/"), wanted.replace("\\", "/").lstrip("./")
     return stored == wanted or stored.endswith("/" + wanted)
@@ -192,10 +223,14 @@ def evaluate(
             reply = answer(q)
             result.answer_s = time.perf_counter() - started
             result.refused = reply.not_found or bool(_SAYS_NOT_FOUND.search(reply.answer))
+            result.answer_text = reply.answer
             cited = [c for c in reply.citations if c.cited]
             result.cited = len(cited)
             if q.answer is not None:
                 result.cited_hits = sum(contains_answer(c.text, q.answer) for c in cited)
+                result.answer_correct = not result.refused and answers_with(
+                    reply.answer, q.answer
+                )
         report.results.append(result)
     return report
 
@@ -211,6 +246,7 @@ def render_report(report: dict[str, Any]) -> str:
         f"MRR {report['mrr'] if report['mrr'] is not None else 'n/a'}",
         f"citations   precision {pct(report['citation_precision'])}"
         + ("" if report["answer_s"] else "  (run with --generate to measure)"),
+        f"answers     accuracy {pct(report['answer_accuracy'])}",
         f"not found   correct on unanswerable {pct(report['not_found_accuracy'])}  "
         f"wrongly on answerable {pct(report['false_not_found'])}",
         f"latency     search p50 {report['search_ms']['p50']:.1f} ms  "
@@ -222,6 +258,10 @@ def render_report(report: dict[str, Any]) -> str:
             f"p95 {report['answer_s']['p95']:.1f} s"
         )
     lines += [f"  missed at 5: {q}" for q in report["missed_at_5"]]
+    lines += [
+        f"  wrong answer: {w['question']} (expected {w['expected']!r}): {w['answer']!r}"
+        for w in report["wrong_answers"]
+    ]
     return "\n".join(lines)
 
 
