@@ -114,8 +114,11 @@ class EvalReport:
                 r.question.question for r in answerable if r.rank is None or r.rank > 5
             ],
             "wrong_answers": [
-                {"question": r.question.question, "expected": r.question.answer,
-                 "answer": r.answer_text}
+                {
+                    "question": r.question.question,
+                    "expected": r.question.answer,
+                    "answer": r.answer_text,
+                }
                 for r in graded
                 if answered and not r.answer_correct
             ],
@@ -228,9 +231,7 @@ def evaluate(
             result.cited = len(cited)
             if q.answer is not None:
                 result.cited_hits = sum(contains_answer(c.text, q.answer) for c in cited)
-                result.answer_correct = not result.refused and answers_with(
-                    reply.answer, q.answer
-                )
+                result.answer_correct = not result.refused and answers_with(reply.answer, q.answer)
         report.results.append(result)
     return report
 
