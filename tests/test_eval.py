@@ -44,3 +44,19 @@ def test_eval_names_the_bad_line_of_a_question_file(tmp_path: Path) -> None:
     done = _eval(tmp_path / "data", str(bad))
     assert done.returncode == 2
     assert "line 2: needs a non-empty 'question'" in done.stderr
+
+
+def test_an_answer_is_right_when_it_states_the_expected_one_whatever_its_case_and_punctuation() -> (
+    None
+):
+    from rag.evaluation import answers_with
+
+    assert answers_with("Run `harbor-db promote` on the standby [1].", "harbor-db promote")
+    assert answers_with("Employees get 27 Days of paid vacation.", "27 days")
+    assert answers_with("It opens at 07:30 [2].", "07:30")
+    # A citation marker where the answer belongs, or a near miss, is wrong.
+    assert not answers_with(
+        "The command to promote the standby database is [1].", "harbor-db promote"
+    )
+    assert not answers_with("Employees get 270 days.", "27 days")
+    assert not answers_with("anything", "")
