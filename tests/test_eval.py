@@ -46,9 +46,8 @@ def test_eval_names_the_bad_line_of_a_question_file(tmp_path: Path) -> None:
     assert "line 2: needs a non-empty 'question'" in done.stderr
 
 
-def test_an_answer_is_right_when_it_states_the_expected_one_whatever_its_case_and_punctuation() -> (
-    None
-):
+def test_an_answer_is_right_when_it_states_the_expected_one() -> None:
+    """Compared without case, punctuation or spacing."""
     from rag.evaluation import answers_with
 
     assert answers_with("Run `harbor-db promote` on the standby [1].", "harbor-db promote")
