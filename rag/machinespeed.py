@@ -4,9 +4,9 @@ The planner predicts time to first token from FLOPs and decode speed from bytes 
 needs two figures of the machine as an engine sees it: prefill FLOP/s and decode bytes/s.
 They are measured by a probe of a few seconds, per engine:
 
-- llama.cpp: the bundled SmolLM2-135M GGUF reads two prompts (the difference of their
-  times gives FLOP/s without the fixed cost of a call) and decodes a few tokens (tokens/s x
-  bytes read per token gives the effective bandwidth).
+- llama.cpp: the bundled SmolLM2-135M GGUF reads a prompt (tokens/s x FLOPs per token
+  gives FLOP/s) and decodes a few tokens (tokens/s x bytes read per token gives the
+  effective bandwidth); each with llama.cpp's per-layer cost set apart (see below).
 - MLX: a stack of 4-bit linear layers, the kernels a model runs, tuned as the engine tunes
   a model on the CPU (rag.cputune): a prompt-sized batch for FLOP/s and single tokens for
   bandwidth. On Metal the chip's published bandwidth keeps predicting decode.
@@ -31,13 +31,25 @@ from typing import Any
 from rag.config import Settings
 from rag.errors import ModelLoadError
 from rag.hardware import Hardware, apple_chip, apple_gpu_flops_per_s
+from rag.modelspec import ModelSpec
 
 # Raise when the probe changes what it measures: older records are then measured again.
 PROBE_VERSION = 1
-# Prompt lengths of the llama.cpp probe: their difference cancels a call's fixed cost.
-SHORT_PROMPT_TOKENS = 64
-LONG_PROMPT_TOKENS = 384
-DECODE_TOKENS = 48
+# What the llama.cpp probe reads and writes with the bundled model (about 2 s on 2 cores),
+# each phase cut short after PHASE_S on a busy machine.
+PROMPT_TOKENS = 256
+PROBE_CHUNK_TOKENS = 64
+DECODE_TOKENS = 32
+PHASE_S = 4.0
+# Work llama.cpp does per layer and token besides reading the weights (graph nodes, thread
+# barriers, norms, softmax, unrepacked kernels), as FLOPs at its prefill rate and bytes at
+# its decode bandwidth. A 135M model spends most of its time there, a 1.5B one little, so
+# the bundled model alone would make larger models look slower than they are. Fit to the
+# issue's 2-core x86 measurements of both on llama.cpp, for a 1000-token prompt:
+# SmolLM2-135M Q4_1 290 prompt tokens/s and 115 tokens/s, Qwen2.5-Coder-1.5B Q4_K_M 80
+# and 13.8 (which puts that machine at 317 GFLOP/s and 16 GB/s).
+LLAMACPP_PREFILL_LAYER_FLOPS = 28.2e6
+LLAMACPP_DECODE_LAYER_BYTES = 0.58e6
 
 
 @dataclass(frozen=True)
@@ -50,10 +62,8 @@ class MachineSpeed:
     # None: decode is predicted from the chip's bandwidth instead (Metal).
     decode_bytes_per_s: float | None
     source: str  # "measured <date>", "Apple M4 table", ...
-    # Seconds a prompt costs whatever its length (the call, the first logits).
-    prefill_overhead_s: float = 0.0
-    # Per layer and token work that does not grow with the weights (norms, attention
-    # bookkeeping, a kernel launch), in FLOPs / bytes at the rates above. Zero: not measured.
+    # Per layer and token work that does not grow with the weights, in FLOPs / bytes at the
+    # rates above (LLAMACPP_PREFILL_LAYER_FLOPS); 0 where the probe times bare kernels.
     prefill_layer_flops: float = 0.0
     decode_layer_bytes: float = 0.0
     identity: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -151,80 +161,74 @@ def measure_speed(identity: dict[str, Any], model_path: Path | None = None) -> M
 
 def _probe_llamacpp(path: Path, threads: int) -> MachineSpeed:
     from rag.modelspec import read_gguf_spec
-    from rag.planner import decode_bytes_per_token, prefill_flops
 
     try:
         from llama_cpp import Llama
     except ImportError as e:
         raise ModelLoadError(f"cannot measure llama.cpp: {e}; pip install llama-cpp-python") from e
     spec = read_gguf_spec(path)
-    llm = Llama(
-        model_path=str(path),
-        n_ctx=LONG_PROMPT_TOKENS + DECODE_TOKENS + 16,
-        n_batch=512,
-        n_threads=threads,
-        n_threads_batch=threads,
-        verbose=False,
-    )
+    try:
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=PROMPT_TOKENS + DECODE_TOKENS + 16,
+            n_batch=512,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+    except (ValueError, RuntimeError) as e:  # llama-cpp-python's load failures
+        raise ModelLoadError(f"llama.cpp cannot load {path.name} to measure it: {e}") from e
     text = "The standby database is promoted when the primary fails its health check. "
-    ids = llm.tokenize((text * 64).encode(), add_bos=True)[:LONG_PROMPT_TOKENS]
-    if len(ids) < LONG_PROMPT_TOKENS:
+    ids = llm.tokenize((text * 48).encode(), add_bos=True)[:PROMPT_TOKENS]
+    if len(ids) < PROMPT_TOKENS:
         raise ModelLoadError(f"the probe prompt is only {len(ids)} tokens")
 
-    def prefill(tokens: list[int]) -> float:
-        llm.reset()  # the next eval overwrites the cache from position 0
-        begun = time.perf_counter()
-        llm.eval(tokens)
-        return time.perf_counter() - begun
-
-    prefill(ids[:8])  # warm-up: first-call allocations and page faults
-    short_s = min(prefill(ids[:SHORT_PROMPT_TOKENS]) for _ in range(2))
-    long_s = prefill(ids)
-    begun = time.perf_counter()
-    for token in ids[:DECODE_TOKENS]:
-        llm.eval([token])
-    decode_s = time.perf_counter() - begun
+    llm.eval(ids[:16])  # warm-up: first-call allocations and page faults
+    llm.reset()  # the next eval overwrites the cache from position 0
+    # In chunks, so that a machine busy with other work ends the probe early rather than
+    # late: the rates come from what was done when the time was up.
+    prompt, begun = 0, time.perf_counter()
+    while prompt < PROMPT_TOKENS and (prompt < PROBE_CHUNK_TOKENS or _since(begun) < PHASE_S):
+        llm.eval(ids[prompt : prompt + PROBE_CHUNK_TOKENS])
+        prompt += PROBE_CHUNK_TOKENS
+    prefill_s = _since(begun)
+    written, begun = 0, time.perf_counter()
+    while written < DECODE_TOKENS and (written < 4 or _since(begun) < PHASE_S):
+        llm.eval([ids[written]])
+        written += 1
+    decode_s = _since(begun)
     llm.close()
+    speed = llamacpp_speed(spec, prompt, prefill_s, written, decode_s)
+    return dataclasses.replace(speed, probe={"model": path.name, "threads": threads, **speed.probe})
 
-    short_flops = prefill_flops(spec, SHORT_PROMPT_TOKENS)
-    long_flops = prefill_flops(spec, LONG_PROMPT_TOKENS)
-    flops_per_s, overhead_s = _rate_and_overhead(short_flops, short_s, long_flops, long_s)
-    context = LONG_PROMPT_TOKENS + DECODE_TOKENS // 2
-    decode_tokens_per_s = DECODE_TOKENS / decode_s
+
+def llamacpp_speed(
+    spec: ModelSpec, prompt_tokens: int, prefill_s: float, decode_tokens: int, decode_s: float
+) -> MachineSpeed:
+    """llama.cpp's speed on this machine from one model's timings: a prompt of
+    `prompt_tokens` read in `prefill_s`, then `decode_tokens` written in `decode_s`."""
+    from rag.planner import LLAMACPP, decode_bytes_per_token, prefill_flops
+
+    layer_work = LLAMACPP_PREFILL_LAYER_FLOPS * spec.layers * prompt_tokens
+    read = decode_bytes_per_token(spec, LLAMACPP, prompt_tokens + decode_tokens // 2)
     return MachineSpeed(
         engine="llamacpp",
         backend="cpu",
-        prefill_flops_per_s=flops_per_s,
-        decode_bytes_per_s=decode_tokens_per_s * decode_bytes_per_token(spec, "llamacpp", context),
+        prefill_flops_per_s=(prefill_flops(spec, prompt_tokens) + layer_work) / prefill_s,
+        decode_bytes_per_s=(read + LLAMACPP_DECODE_LAYER_BYTES * spec.layers)
+        * decode_tokens
+        / decode_s,
         source="measured",
-        prefill_overhead_s=overhead_s,
+        prefill_layer_flops=LLAMACPP_PREFILL_LAYER_FLOPS,
+        decode_layer_bytes=LLAMACPP_DECODE_LAYER_BYTES,
         probe={
-            "model": path.name,
-            "threads": threads,
-            "short_prompt_tokens": SHORT_PROMPT_TOKENS,
-            "short_prefill_s": round(short_s, 4),
-            "long_prompt_tokens": LONG_PROMPT_TOKENS,
-            "long_prefill_s": round(long_s, 4),
-            "prefill_tokens_per_s": round(LONG_PROMPT_TOKENS / long_s, 1),
-            "decode_tokens": DECODE_TOKENS,
-            "decode_tokens_per_s": round(decode_tokens_per_s, 1),
+            "prompt_tokens": prompt_tokens,
+            "prefill_s": round(prefill_s, 4),
+            "prefill_tokens_per_s": round(prompt_tokens / prefill_s, 1),
+            "decode_tokens": decode_tokens,
+            "decode_tokens_per_s": round(decode_tokens / decode_s, 1),
         },
     )
-
-
-def _rate_and_overhead(
-    short_flops: float, short_s: float, long_flops: float, long_s: float
-) -> tuple[float, float]:
-    """(FLOP/s, fixed seconds) of the line through two timed prompts.
-
-    A noisy pair (the longer prompt no slower) falls back to the longer prompt alone.
-    """
-    if long_s > short_s:
-        rate = (long_flops - short_flops) / (long_s - short_s)
-        overhead = short_s - short_flops / rate
-        if overhead >= 0:
-            return rate, overhead
-    return long_flops / long_s, 0.0
 
 
 def _probe_mlx(threads: int) -> MachineSpeed:
@@ -287,6 +291,10 @@ def _probe_mlx(threads: int) -> MachineSpeed:
             "weight_bytes": weight_bytes,
         },
     )
+
+
+def _since(begun: float) -> float:
+    return time.perf_counter() - begun
 
 
 def _gpu_backend() -> str:

@@ -98,6 +98,9 @@ def activation_bytes(spec: ModelSpec, backend: str) -> int:
 
 def weights_bytes(spec: ModelSpec, backend: str) -> int:
     """Bytes the weights occupy once loaded."""
+    stored = getattr(spec, "gguf_weights_bytes", 0)  # the packaged-models branch adds it
+    if backend == LLAMACPP and stored:
+        return stored  # llama.cpp holds a GGUF's tensors as the file stores them
     cpu = backend == "cpu"
     scale_bytes = 4 if cpu else spec.scale_bytes
     total = spec.dense_params * 4 if cpu else spec.dense_stored_bytes
@@ -267,10 +270,8 @@ def ttft_s(spec: ModelSpec, speed: MachineSpeed, prompt_tokens: int) -> float | 
     """Seconds from a prompt of `prompt_tokens` to the first answer token."""
     if not speed.prefill_flops_per_s:
         return None
-    work = prefill_flops(spec, prompt_tokens) + speed.prefill_layer_flops * spec.layers * (
-        prompt_tokens
-    )
-    return speed.prefill_overhead_s + work / speed.prefill_flops_per_s
+    layer_work = speed.prefill_layer_flops * spec.layers * prompt_tokens
+    return (prefill_flops(spec, prompt_tokens) + layer_work) / speed.prefill_flops_per_s
 
 
 def budget_bytes(hardware: Hardware, os_headroom_bytes: int) -> tuple[int, str]:

@@ -54,6 +54,8 @@ class Sizing:
     auto: Choice | None = None  # what llm.model = "auto" takes among the installed models
     installed: tuple[tuple[str, Plan], ...] = ()  # (llm.model value, plan as served)
     measured: dict[str, dict[str, float]] | None = None  # recent answers' medians per model
+    # The largest catalog model that fits and is predicted to meet the speed targets.
+    fast_fit: Plan | None = None
 
     def to_json(self) -> dict[str, Any]:
         configured = (
@@ -69,6 +71,7 @@ class Sizing:
             "embedder_bytes": self.embedder_bytes,
             "configured": configured,
             "chosen": self.chosen.to_json() if self.chosen else None,
+            "fast_fit": self.fast_fit.to_json() if self.fast_fit else None,
             "models": [
                 {**p.to_json(), "local": p.model in self.local, "too_slow": self._slow(p)}
                 for p in self.models
@@ -181,6 +184,7 @@ def size_machine(
         auto=auto,
         installed=installed,
         measured=recent_speeds(UsageLedger(settings.storage.data_path).read()),
+        fast_fit=best_fit(p for p in models if not too_slow(p, *targets)),
     )
 
 
@@ -214,6 +218,13 @@ def render_sizing(sizing: Sizing) -> str:
         lines.append(f"Best fit    {_describe(sizing.chosen)}")
     else:
         lines.append(f"Best fit    none: no catalog model fits {USEFUL_CONTEXT_TOKENS:,} tokens")
+    if sizing.speed is not None and sizing.fast_fit != sizing.chosen:
+        fast = sizing.fast_fit
+        lines.append(
+            f"Fast fit    {_describe(fast)}"
+            if fast is not None
+            else "Fast fit    none: no catalog model that fits meets the speed targets"
+        )
     lines += _installed_lines(sizing)
     lines += ["", f"Catalog, each planned for {USEFUL_CONTEXT_TOKENS:,} tokens of context:"]
     lines.append(
@@ -221,7 +232,7 @@ def render_sizing(sizing: Sizing) -> str:
         f"{'tok/s':>6} {'TTFT':>7}  fits"
     )
     for p in sizing.models:
-        speed = f"{p.decode_tokens_per_s:.0f}" if p.decode_tokens_per_s else "-"
+        speed = _num(p.decode_tokens_per_s, ".1f" if (p.decode_tokens_per_s or 0) < 10 else ".0f")
         first = f"{p.ttft_s:.1f}s" if p.ttft_s is not None else "-"
         local = ", local" if p.model in sizing.local else ""
         lines.append(
@@ -298,7 +309,7 @@ def _describe(p: Plan) -> str:
     if not p.fits:
         return f"{p.model}: does not fit: {p.reason}"
     speed = (
-        f", ~{p.decode_tokens_per_s:.0f} tokens/s"
+        f", ~{p.decode_tokens_per_s:.{0 if p.decode_tokens_per_s >= 10 else 1}f} tokens/s"
         if p.decode_tokens_per_s
         else " (no speed estimate: bandwidth unknown or CPU backend)"
     )

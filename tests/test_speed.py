@@ -18,19 +18,20 @@ from rag.machinespeed import (
     cache_path,
     cached_speed,
     hardware_identity,
+    llamacpp_speed,
     machine_speed,
     store_speed,
 )
 from rag.modelchoice import choose_model_spec, plan_candidates
 from rag.modelspec import ModelSpec
-from rag.planner import LLAMACPP, decode_bytes_per_token, prefill_flops, ttft_s
+from rag.planner import ttft_s
 from rag.usage import UsageLedger, UsageRecord
 
 from .conftest import RAG, ROOT, rag_env
 
 SMOL = read_model_spec("bundled")
-# Qwen2.5-Coder-1.5B-Instruct Q4_K_M as its GGUF header describes it: 1.54B parameters,
-# ~1.12 GB of weights, mostly 4.5-bit Q4_K with Q6_K for some tensors.
+# Qwen2.5-Coder-1.5B-Instruct Q4_K_M as its GGUF header describes it (Q6_K read as 8-bit;
+# the file keeps a separate output head): ~1.11 GB of weights as stored.
 QWEN = ModelSpec(
     name="qwen2.5-coder-1.5b-instruct-q4_k_m",
     layers=28,
@@ -41,9 +42,13 @@ QWEN = ModelSpec(
     head_dim=128,
     vocab_size=151936,
     max_context_tokens=32768,
-    quantized_params=((4, 1_100_000_000), (6, 440_000_000)),
+    quantized_params=((4, 1_345_388_544), (8, 431_554_560)),
     group_size=32,
+    # Q4_K and Q6_K keep their scales in 256-value super-blocks: what makes 1.11 GB.
+    quantized_groups=1_700_000,
     scale_bytes=2,
+    dense_params=144_896,
+    dense_stored_bytes=579_584,
     fp32_activations=True,
 )
 CANDIDATES = [("bundled", SMOL), ("qwen2.5-coder-1.5b", QWEN)]
@@ -51,18 +56,21 @@ EMBEDDER_BYTES = 90 * 1024**2
 PROMPT_TOKENS = 1000
 
 
-def _speed(prefill_tokens_per_s: float, decode_tokens_per_s: float) -> MachineSpeed:
-    """A llama.cpp machine on which Qwen reads and writes at these rates."""
-    return MachineSpeed(
-        engine="llamacpp",
-        backend="cpu",
-        prefill_flops_per_s=prefill_flops(QWEN, PROMPT_TOKENS)
-        / PROMPT_TOKENS
-        * prefill_tokens_per_s,
-        decode_bytes_per_s=decode_bytes_per_token(QWEN, LLAMACPP, PROMPT_TOKENS)
-        * decode_tokens_per_s,
-        source="test",
+def _speed(smol_prefill_tokens_per_s: float, smol_decode_tokens_per_s: float) -> MachineSpeed:
+    """The speed the llama.cpp probe finds on a machine where the bundled model reads a
+    1000-token prompt and writes at these rates."""
+    return llamacpp_speed(
+        SMOL,
+        PROMPT_TOKENS,
+        PROMPT_TOKENS / smol_prefill_tokens_per_s,
+        100,
+        100 / smol_decode_tokens_per_s,
     )
+
+
+# The issue's 2-core x86 CPU, where llama.cpp ran SmolLM2-135M at ~290 prompt tokens/s and
+# ~115 tokens/s, and Qwen2.5-Coder-1.5B Q4_K_M at ~80 and 13.8.
+ISSUE_MACHINE = (290, 115)
 
 
 def _choose(speed: MachineSpeed, memory_gb: float = 24, **llm: float):
@@ -73,21 +81,20 @@ def _choose(speed: MachineSpeed, memory_gb: float = 24, **llm: float):
 
 
 @pytest.mark.parametrize(
-    ("machine", "qwen_prefill", "qwen_decode", "chosen", "met"),
+    ("machine", "smol_rates", "chosen", "met"),
     [
-        # The issue's 2-core x86 CPU with llama.cpp: Qwen ~80 prompt tokens/s, 13.8 tokens/s.
-        ("2-core x86", 80, 13.8, "qwen2.5-coder-1.5b", True),
-        ("fast desktop", 600, 60, "qwen2.5-coder-1.5b", True),
-        # A third of the issue's machine: Qwen would take 37 s to its first token.
-        ("slow laptop", 27, 4.6, "bundled", True),
+        ("2-core x86", ISSUE_MACHINE, "qwen2.5-coder-1.5b", True),
+        ("fast desktop", (2000, 500), "qwen2.5-coder-1.5b", True),
+        # A third of the issue's machine: Qwen would take ~37 s to its first token.
+        ("slow laptop", (97, 38), "bundled", True),
         # Nothing meets the targets: the fastest that fits, and the answer says why.
-        ("very slow board", 2, 0.4, "bundled", False),
+        ("very slow board", (20, 4), "bundled", False),
     ],
 )
 def test_auto_takes_the_largest_model_fast_enough_for_the_machine(
-    machine: str, qwen_prefill: float, qwen_decode: float, chosen: str, met: bool
+    machine: str, smol_rates: tuple[float, float], chosen: str, met: bool
 ) -> None:
-    choice = _choose(_speed(qwen_prefill, qwen_decode))
+    choice = _choose(_speed(*smol_rates))
     assert choice.model == chosen, (machine, choice)
     assert choice.met_targets is met
     other = next(model for model, _ in CANDIDATES if model != chosen)
@@ -101,18 +108,27 @@ def test_auto_takes_the_largest_model_fast_enough_for_the_machine(
         assert choice.rejected[other].startswith("too slow")
 
 
-def test_the_issue_machine_predicts_qwen_at_its_measured_speed() -> None:
-    choice = _choose(_speed(80, 13.8))
-    assert choice.plan.prefill_tokens_per_s == pytest.approx(80, rel=0.01)
-    assert choice.plan.typical_decode_tokens_per_s == pytest.approx(13.8, rel=0.01)
-    assert choice.plan.ttft_s == pytest.approx(12.5, rel=0.01)
+def test_the_probe_on_the_issue_machine_predicts_both_models_as_measured() -> None:
+    speed = _speed(*ISSUE_MACHINE)
+    assert speed.prefill_flops_per_s == pytest.approx(317e9, rel=0.02)
+    assert speed.decode_bytes_per_s == pytest.approx(16e9, rel=0.02)
+    hardware = simulate_hardware(24, "Intel Xeon")
+    planned = dict(plan_candidates(hardware, CANDIDATES, Settings(), EMBEDDER_BYTES, speed))
+    smol, qwen = planned["bundled"], planned["qwen2.5-coder-1.5b"]
+    # The probe's own model comes back as measured; the larger one at the issue's figures.
+    assert smol.prefill_tokens_per_s == pytest.approx(290, rel=0.01)
+    assert smol.typical_decode_tokens_per_s == pytest.approx(115, rel=0.02)
+    assert qwen.prefill_tokens_per_s == pytest.approx(80, rel=0.05)
+    assert qwen.typical_decode_tokens_per_s == pytest.approx(13.8, rel=0.05)
+    assert qwen.ttft_s == pytest.approx(12.5, rel=0.05)
 
 
 def test_targets_come_from_the_settings() -> None:
     # With a 10 s target Qwen's 12.5 s first token is too slow.
-    choice = _choose(_speed(80, 13.8), target_ttft_s=10.0)
+    choice = _choose(_speed(*ISSUE_MACHINE), target_ttft_s=10.0)
     assert choice.model == "bundled"
-    assert "12.5 s for 1,000 prompt tokens (target 10 s)" in choice.rejected["qwen2.5-coder-1.5b"]
+    why = choice.rejected["qwen2.5-coder-1.5b"]
+    assert why.startswith("too slow: first token after 12.") and "(target 10 s)" in why
 
 
 def test_a_model_that_does_not_fit_is_refused_with_numbers() -> None:
@@ -120,7 +136,7 @@ def test_a_model_that_does_not_fit_is_refused_with_numbers() -> None:
         simulate_hardware(24, "Intel Xeon"), memory_limit_bytes=int(0.6 * GIB)
     )
     settings = Settings()
-    planned = plan_candidates(hardware, CANDIDATES, settings, EMBEDDER_BYTES, _speed(600, 60))
+    planned = plan_candidates(hardware, CANDIDATES, settings, EMBEDDER_BYTES, _speed(2000, 500))
     choice = choose_model_spec(planned, 15.0, 5.0)
     assert choice.model == "bundled" and choice.met_targets
     why = choice.rejected["qwen2.5-coder-1.5b"]
@@ -132,7 +148,9 @@ def test_nothing_fits_chooses_nothing() -> None:
     hardware = dataclasses.replace(
         simulate_hardware(24, "Intel Xeon"), memory_limit_bytes=int(0.05 * GIB)
     )
-    planned = plan_candidates(hardware, CANDIDATES, Settings(), EMBEDDER_BYTES, _speed(80, 13.8))
+    planned = plan_candidates(
+        hardware, CANDIDATES, Settings(), EMBEDDER_BYTES, _speed(*ISSUE_MACHINE)
+    )
     choice = choose_model_spec(planned, 15.0, 5.0)
     assert choice.model is None and choice.plan is None
     assert all(why.startswith("does not fit") for why in choice.rejected.values())
@@ -145,7 +163,7 @@ def test_unknown_speed_chooses_by_memory_and_says_so() -> None:
 
 
 def test_ttft_grows_with_the_prompt_faster_than_linearly() -> None:
-    speed = _speed(80, 13.8)
+    speed = _speed(*ISSUE_MACHINE)
     short, long = ttft_s(QWEN, speed, 1000), ttft_s(QWEN, speed, 8000)
     assert long > 8 * short  # attention: each token attends to all before it
 
@@ -176,7 +194,7 @@ IDENTITY = {
 
 
 def test_the_measured_speed_is_kept_and_reused(tmp_path: Path) -> None:
-    kept = dataclasses.replace(_speed(80, 13.8), identity=IDENTITY, source="measured earlier")
+    kept = dataclasses.replace(_speed(*ISSUE_MACHINE), identity=IDENTITY, source="measured earlier")
     store_speed(tmp_path, kept)
     # A kept record comes back as it was: no probe runs (the probe would say "measured <now>").
     assert machine_speed(tmp_path, IDENTITY) == kept
@@ -195,7 +213,7 @@ def test_the_measured_speed_is_kept_and_reused(tmp_path: Path) -> None:
     ],
 )
 def test_a_changed_machine_is_measured_again(tmp_path: Path, change: dict) -> None:
-    store_speed(tmp_path, dataclasses.replace(_speed(80, 13.8), identity=IDENTITY))
+    store_speed(tmp_path, dataclasses.replace(_speed(*ISSUE_MACHINE), identity=IDENTITY))
     other = {**IDENTITY, **change}
     assert cached_speed(tmp_path, IDENTITY) is not None
     assert cached_speed(tmp_path, other) is None
@@ -211,17 +229,16 @@ def test_the_llamacpp_probe_measures_the_bundled_model(tmp_path: Path) -> None:
     identity = hardware_identity(here.chip, here.total_memory_bytes, "cpu", "llamacpp")
     begun = time.monotonic()
     speed = machine_speed(tmp_path, identity)
-    assert time.monotonic() - begun < 60
+    assert time.monotonic() - begun < 120  # each phase stops after PHASE_S on a busy machine
     assert speed.identity == identity and speed.source.startswith("measured")
     probe = speed.probe
     assert probe["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
-    # Any CPU that runs it at all: 1 GFLOP/s .. 100 TFLOP/s, 0.1 .. 1000 GB/s.
+    # Any CPU that runs it at all: 1 GFLOP/s .. 100 TFLOP/s, 0.01 .. 1000 GB/s.
     assert 1e9 < speed.prefill_flops_per_s < 1e14
-    assert 1e8 < speed.decode_bytes_per_s < 1e12
-    assert 0 <= speed.prefill_overhead_s < 1
+    assert 1e7 < speed.decode_bytes_per_s < 1e12
     # The prediction for the probe's own model and prompt is what was measured.
-    predicted = ttft_s(SMOL, speed, probe["long_prompt_tokens"])
-    assert predicted == pytest.approx(probe["long_prefill_s"], rel=0.35)
+    predicted = ttft_s(SMOL, speed, probe["prompt_tokens"])
+    assert predicted == pytest.approx(probe["prefill_s"], rel=0.01)
     # Kept: the next call reads it back instead of measuring.
     assert machine_speed(tmp_path, identity) == speed
 
@@ -230,7 +247,7 @@ def test_rag_plan_sets_predictions_against_measured_answers(tmp_path: Path) -> N
     data, cache = tmp_path / "data", tmp_path / "cache"
     here = detect_hardware()
     identity = hardware_identity(here.chip, here.total_memory_bytes, here.backend, "mlx")
-    store_speed(cache, dataclasses.replace(_speed(80, 13.8), identity=identity, engine="mlx"))
+    store_speed(cache, dataclasses.replace(_speed(*ISSUE_MACHINE), identity=identity, engine="mlx"))
     ledger = UsageLedger(data)
     for i, (ttft, rate) in enumerate([(0.5, 100.0), (0.7, 120.0), (0.6, 110.0)]):
         ledger.record(UsageRecord(1000.0 + i, "k", "c", 300, 40, 1.0, SMOL.name, ttft, rate))
