@@ -238,7 +238,9 @@ def _probe_mlx(threads: int) -> MachineSpeed:
 
     from rag.cputune import tune_model
 
-    hidden, width, layers, prompt = 2048, 5632, 4, 16
+    on_cpu = mx.default_device() == mx.cpu
+    # MLX's CPU kernels take ~1 s for 16 tokens here; a GPU needs a real prompt to be busy.
+    hidden, width, layers, prompt = 2048, 5632, 4, 16 if on_cpu else 512
 
     class Stack(nn.Module):
         def __init__(self) -> None:
@@ -274,7 +276,7 @@ def _probe_mlx(threads: int) -> MachineSpeed:
     matmul_flops = 2 * prompt * layers * hidden * width
     prefill_s = run(prompt, 1)
     decode_s = run(1, 8)
-    backend = "cpu" if mx.default_device() == mx.cpu else _gpu_backend()
+    backend = "cpu" if on_cpu else _gpu_backend()
     return MachineSpeed(
         engine="mlx",
         backend=backend,

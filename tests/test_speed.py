@@ -20,6 +20,7 @@ from rag.machinespeed import (
     hardware_identity,
     llamacpp_speed,
     machine_speed,
+    speed_engine,
     store_speed,
 )
 from rag.modelchoice import choose_model_spec, plan_candidates
@@ -243,11 +244,27 @@ def test_the_llamacpp_probe_measures_the_bundled_model(tmp_path: Path) -> None:
     assert machine_speed(tmp_path, identity) == speed
 
 
+@pytest.mark.slow
+def test_the_mlx_probe_times_4_bit_matmuls(tmp_path: Path) -> None:
+    here = detect_hardware()
+    identity = hardware_identity(here.chip, here.total_memory_bytes, here.backend, "mlx")
+    speed = machine_speed(tmp_path, identity)
+    assert speed.engine == "mlx" and speed.backend == here.backend
+    assert 1e8 < speed.prefill_flops_per_s < 1e15
+    assert (
+        speed.decode_bytes_per_s is None
+        if here.backend == "metal"
+        else speed.decode_bytes_per_s > 1e7
+    )
+    assert machine_speed(tmp_path, identity) == speed
+
+
 def test_rag_plan_sets_predictions_against_measured_answers(tmp_path: Path) -> None:
     data, cache = tmp_path / "data", tmp_path / "cache"
     here = detect_hardware()
-    identity = hardware_identity(here.chip, here.total_memory_bytes, here.backend, "mlx")
-    store_speed(cache, dataclasses.replace(_speed(*ISSUE_MACHINE), identity=identity, engine="mlx"))
+    engine = speed_engine(Settings().llm.engine, here.backend)
+    identity = hardware_identity(here.chip, here.total_memory_bytes, here.backend, engine)
+    store_speed(cache, dataclasses.replace(_speed(*ISSUE_MACHINE), identity=identity))
     ledger = UsageLedger(data)
     for i, (ttft, rate) in enumerate([(0.5, 100.0), (0.7, 120.0), (0.6, 110.0)]):
         ledger.record(UsageRecord(1000.0 + i, "k", "c", 300, 40, 1.0, SMOL.name, ttft, rate))
