@@ -304,3 +304,12 @@ def test_rag_plan_sets_predictions_against_measured_answers(tmp_path: Path) -> N
     assert text.returncode == 0, text.stderr
     assert 'llm.model = "auto" takes bundled' in text.stdout
     assert "measured TTFT" in text.stdout and "0.6s" in text.stdout
+
+
+@pytest.mark.parametrize("key", ["TYPICAL_PROMPT_TOKENS", "TARGET_TTFT_S", "TARGET_TOKENS_PER_S"])
+def test_speed_targets_must_be_positive(key: str) -> None:
+    from rag.config import load_settings
+    from rag.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must be > 0"):
+        load_settings(ROOT / "config.toml", env={f"RAG_LLM_{key}": "0"})
