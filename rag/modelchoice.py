@@ -103,10 +103,8 @@ def choose_model_spec(
             continue
         if slow[other]:
             rejected[other] = f"too slow: {slow[other]}"
-        elif p.text_params <= chosen.text_params:
-            rejected[other] = f"smaller than {chosen.model}, which also meets the targets"
         else:
-            rejected[other] = "meets the targets; not chosen"
+            rejected[other] = f"no larger than {chosen.model}, which also meets the targets"
     return Choice(model, chosen, met, reason, rejected)
 
 
