@@ -98,7 +98,7 @@ def choose_model_spec(
             f"{slow[model]}"
         )
         met = False
-    for other, p in fitting:
+    for other in slow:
         if other == model:
             continue
         if slow[other]:
