@@ -26,7 +26,7 @@ from rag.machinespeed import (
 from rag.modelchoice import choose_model_spec, plan_candidates
 from rag.modelspec import ModelSpec
 from rag.planner import ttft_s
-from rag.usage import UsageLedger, UsageRecord
+from rag.usage import UsageLedger, UsageRecord, recent_speeds
 
 from .conftest import RAG, ROOT, rag_env
 
@@ -313,3 +313,19 @@ def test_speed_targets_must_be_positive(key: str) -> None:
 
     with pytest.raises(ConfigError, match="must be > 0"):
         load_settings(ROOT / "config.toml", env={f"RAG_LLM_{key}": "0"})
+
+
+def test_the_service_records_each_answers_model_and_speed(
+    server: str, sample_data_dir: Path
+) -> None:
+    import httpx
+
+    reply = httpx.post(
+        f"{server}/v1/chat/completions",
+        json={"model": SMOL.name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3},
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    mine = [r for r in UsageLedger(sample_data_dir).read() if r.model == SMOL.name]
+    assert mine and mine[-1].ttft_s > 0 and mine[-1].tokens_per_s > 0
+    assert recent_speeds(mine)[SMOL.name]["requests"] == min(len(mine), 20)
