@@ -38,7 +38,7 @@ PROBE_VERSION = 1
 # What the llama.cpp probe reads and writes with the bundled model (about 2 s on 2 cores),
 # each phase cut short after PHASE_S on a busy machine.
 PROMPT_TOKENS = 256
-PROBE_CHUNK_TOKENS = 64
+PROBE_CHUNK_TOKENS = 128  # the engine's first prefill chunk
 DECODE_TOKENS = 32
 PHASE_S = 4.0
 # Work llama.cpp does per layer and token besides reading the weights (graph nodes, thread
@@ -78,11 +78,18 @@ class MachineSpeed:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def hardware_identity(chip: str, total_memory_bytes: int, backend: str, engine: str) -> dict:
-    """What a measurement holds for: another value of any of these means measuring again."""
+def hardware_identity(
+    chip: str, total_memory_bytes: int, backend: str, engine: str, threads: int = 0
+) -> dict:
+    """What a measurement holds for: another value of any of these means measuring again.
+
+    `threads`: the engine's threads (llm.cpu_threads); 0, every usable core.
+    """
+    cores = _usable_cores()
     return {
         "chip": chip,
-        "cores": _usable_cores(),
+        "cores": cores,
+        "threads": threads or cores,
         "memory_bytes": total_memory_bytes,
         "backend": backend,
         "engine": engine,
@@ -145,9 +152,9 @@ def measure_speed(identity: dict[str, Any], model_path: Path | None = None) -> M
             from rag.engine import bundled_model_path
 
             model_path = bundled_model_path()
-        speed = _probe_llamacpp(model_path, identity["cores"])
+        speed = _probe_llamacpp(model_path, identity["threads"])
     elif engine == "mlx":
-        speed = _probe_mlx(identity["cores"])
+        speed = _probe_mlx(identity["threads"])
     else:
         raise ValueError(f"no speed probe for engine {engine!r}")
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
@@ -162,6 +169,9 @@ def measure_speed(identity: dict[str, Any], model_path: Path | None = None) -> M
 def _probe_llamacpp(path: Path, threads: int) -> MachineSpeed:
     from rag.modelspec import read_gguf_spec
 
+    # As the engine runs it (rag.llamacpp): idle threads sleep rather than spin, which on a
+    # machine busy with other work is the difference between seconds and minutes.
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     try:
         from llama_cpp import Llama
     except ImportError as e:
@@ -362,6 +372,10 @@ def speed_for(
     if engine is None:
         return None
     identity = hardware_identity(
-        hardware.chip, hardware.total_memory_bytes, hardware.backend, engine
+        hardware.chip,
+        hardware.total_memory_bytes,
+        hardware.backend,
+        engine,
+        settings.llm.cpu_threads,
     )
     return machine_speed(settings.hardware.speed_cache_path, identity, measure=measure)

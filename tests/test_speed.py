@@ -185,6 +185,7 @@ def test_apple_chips_predict_prefill_from_the_gpu_table() -> None:
 IDENTITY = {
     "chip": "Test CPU",
     "cores": 2,
+    "threads": 2,
     "memory_bytes": 24 * GIB,
     "backend": "cpu",
     "engine": "llamacpp",
@@ -206,6 +207,7 @@ def test_the_measured_speed_is_kept_and_reused(tmp_path: Path) -> None:
     "change",
     [
         {"cores": 4},
+        {"threads": 1},
         {"memory_bytes": 16 * GIB},
         {"chip": "Other CPU"},
         {"library": "0.3.17"},
