@@ -74,6 +74,11 @@ def keys_rm(ctx: click.Context, name: str) -> None:
     type=click.Choice(["8", "4"]),
     help="Plan the catalog with a quantized KV cache (what-if; serving keeps it unquantized).",
 )
+@click.option(
+    "--measure",
+    is_flag=True,
+    help="Measure this machine's speed again (a few seconds) instead of using the kept figure.",
+)
 @click.pass_context
 @handle_errors
 def plan(
@@ -82,15 +87,20 @@ def plan(
     memory_gb: float | None,
     chip: str | None,
     kv_bits: str | None,
+    measure: bool,
 ) -> None:
     """Show how models fit this machine: budget, best model, context, concurrency, speed.
 
+    Speed (time to first token, tokens/s) is predicted from this machine's speed, measured
+    once by a short probe and kept, and set against the recent answers' measured speed.
     --memory-gb and --chip describe another machine; the [hardware] overrides in the
     config apply to this one only.
     """
     from rag.sizing import render_sizing, size_machine
 
-    sizing = size_machine(cli_settings(ctx), memory_gb, chip, int(kv_bits) if kv_bits else None)
+    sizing = size_machine(
+        cli_settings(ctx), memory_gb, chip, int(kv_bits) if kv_bits else None, measure=measure
+    )
     if as_json:
         emit_json(sizing.to_json())
     else:

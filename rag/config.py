@@ -102,6 +102,10 @@ class LlmSettings:
     served_model: str = ""
     api_key_env: str = "LLM_API_KEY"
     connect_timeout_s: float = 10.0
+    # What llm.model = "auto" asks of a model besides fitting (rag.modelchoice).
+    typical_prompt_tokens: int = 1000
+    target_ttft_s: float = 15.0
+    target_tokens_per_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,11 @@ class HardwareSettings:
     memory_limit_gb: float = 0.0
     os_headroom_gb: float = 4.0
     memory_bandwidth_gb_s: float = 0.0
+    speed_cache_dir: str = "~/.cache/rag"
+
+    @property
+    def speed_cache_path(self) -> Path:
+        return Path(self.speed_cache_dir).expanduser()
 
 
 @dataclass(frozen=True)
@@ -281,7 +290,7 @@ def validate(settings: Settings) -> None:
     if not 0 < settings.server.port < 65536:
         raise ConfigError(f"server.port = {settings.server.port}: not a TCP port")
     for key, value in dataclasses.asdict(settings.hardware).items():
-        if value < 0:
+        if isinstance(value, float) and value < 0:
             raise ConfigError(f"hardware.{key} = {value}: must be >= 0")
     if settings.doctor.min_free_disk_gb < 0:
         raise ConfigError(
@@ -294,6 +303,9 @@ def validate(settings: Settings) -> None:
 
 
 def _validate_engine(llm: LlmSettings, retrieval: RetrievalSettings) -> None:
+    speed = ("typical_prompt_tokens", "target_ttft_s", "target_tokens_per_s")
+    if any(getattr(llm, key) <= 0 for key in speed):
+        raise ConfigError(f"{', '.join(f'llm.{k}' for k in speed)}: each must be > 0")
     if llm.engine not in ("mlx", "openai"):
         raise ConfigError(f"llm.engine = {llm.engine!r}: use mlx or openai")
     if llm.engine != "openai":

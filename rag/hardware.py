@@ -52,6 +52,26 @@ _APPLE_LOWER_BINS = {
     "M3 Max": (300.0, (36, 96)),
     "M4 Max": (410.0, (36,)),
 }
+# GPU FP32 throughput in TFLOPS of each chip's largest GPU: Apple's figures for M1 and M2,
+# cores x 128 ALUs x 2 x clock for M3 and M4 (Apple publishes none). M5's GPU adds matmul
+# units MLX uses for prefill, with no figure yet: an M5 Mac is planned from its own probe.
+_APPLE_GPU_TFLOPS = {
+    "M1": 2.6,
+    "M1 Pro": 5.2,
+    "M1 Max": 10.4,
+    "M1 Ultra": 20.8,
+    "M2": 3.6,
+    "M2 Pro": 6.8,
+    "M2 Max": 13.6,
+    "M2 Ultra": 27.2,
+    "M3": 4.1,
+    "M3 Pro": 7.4,
+    "M3 Max": 16.4,
+    "M3 Ultra": 28.2,
+    "M4": 4.3,
+    "M4 Pro": 9.2,
+    "M4 Max": 18.4,
+}
 _APPLE_CHIP = re.compile(r"\b(M[1-9])(?:\s*(Pro|Max|Ultra))?\b", re.IGNORECASE)
 
 
@@ -186,6 +206,13 @@ def apple_bandwidth_bytes_per_s(chip: str, total_memory_bytes: int) -> float | N
         if round(total_memory_bytes / GIB) in lower_sizes_gb:
             gb_s = lower_gb_s
     return gb_s * GB
+
+
+def apple_gpu_flops_per_s(chip: str) -> float | None:
+    """Peak FP32 FLOP/s of an Apple chip's GPU, or None for an unknown chip."""
+    name = apple_chip(chip)
+    tflops = _APPLE_GPU_TFLOPS.get(name) if name else None
+    return tflops * 1e12 if tflops else None
 
 
 def _chip_name() -> str:

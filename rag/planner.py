@@ -28,6 +28,7 @@ from typing import Any
 from rag.config import Settings
 from rag.errors import InsufficientMemoryError
 from rag.hardware import GIB, Hardware
+from rag.machinespeed import MachineSpeed
 from rag.modelspec import ModelSpec
 
 KV_STEP_TOKENS = 256  # mlx-lm's KVCache.step
@@ -47,6 +48,10 @@ FUSED_PREFILL_HEAD_DIMS = frozenset({64, 80, 128})
 # 7B Q4_0 decode figures (discussion #4167), which it matches to ~15%, on the low side.
 DECODE_BUS_EFFICIENCY = 0.9
 DECODE_CEILING_BYTES_PER_S = 600e9
+# Pseudo-backend of the figures llama.cpp reads: weights as stored in the file, F16 KV cache.
+LLAMACPP = "llamacpp"
+# The prompt a RAG request sends (system prompt, passages, question): llm.typical_prompt_tokens.
+TYPICAL_PROMPT_TOKENS = 1000
 
 
 @dataclass(frozen=True)
@@ -73,17 +78,29 @@ class Plan:
     prefill_bytes: int  # activations of the largest prefill chunk at context_tokens
     peak_bytes: int  # everything at context_tokens, embedder included
     decode_tokens_per_s: float | None  # None where bandwidth does not predict speed
+    # Speed at a typical RAG prompt, from the machine's measured (or tabled) speed; None
+    # where nothing predicts it.
+    prompt_tokens: int = TYPICAL_PROMPT_TOKENS
+    ttft_s: float | None = None
+    prefill_tokens_per_s: float | None = None
+    typical_decode_tokens_per_s: float | None = None  # decode right after that prompt
+    speed_source: str = ""  # what the speed figures come from
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def activation_bytes(spec: ModelSpec, backend: str) -> int:
+    if backend == LLAMACPP:
+        return 2  # llama.cpp keeps its KV cache in F16 whatever the weights
     return 4 if backend == "cpu" or spec.fp32_activations else 2
 
 
 def weights_bytes(spec: ModelSpec, backend: str) -> int:
     """Bytes the weights occupy once loaded."""
+    stored = getattr(spec, "gguf_weights_bytes", 0)  # the packaged-models branch adds it
+    if backend == LLAMACPP and stored:
+        return stored  # llama.cpp holds a GGUF's tensors as the file stores them
     cpu = backend == "cpu"
     scale_bytes = 4 if cpu else spec.scale_bytes
     total = spec.dense_params * 4 if cpu else spec.dense_stored_bytes
@@ -193,24 +210,68 @@ def max_context_tokens(
     return low * KV_STEP_TOKENS
 
 
-def decode_tokens_per_s(
-    spec: ModelSpec, hardware: Hardware, context_tokens: int, kv_bits: int | None = None
-) -> float | None:
-    """Expected decode speed at `context_tokens` of context, from memory bandwidth."""
-    bandwidth = hardware.memory_bandwidth_bytes_per_s
-    # MLX's CPU kernels are compute-bound (single-threaded quantized matmul), so the bus
-    # says nothing about their speed.
-    if bandwidth is None or hardware.backend == "cpu":
-        return None
-    per_layer_token = (
-        2 * spec.kv_heads * spec.head_dim * kv_element_bytes(spec, hardware.backend, kv_bits)
-    )
+def decode_bytes_per_token(
+    spec: ModelSpec, backend: str, context_tokens: int, kv_bits: int | None = None
+) -> float:
+    """Bytes one decoded token reads: the active weights and the KV cache at `context_tokens`."""
+    per_layer_token = 2 * spec.kv_heads * spec.head_dim * kv_element_bytes(spec, backend, kv_bits)
     full_layers = spec.layers - spec.sliding_layers
     windowed = min(context_tokens, spec.sliding_window_tokens)
     kv_read = per_layer_token * (full_layers * context_tokens + spec.sliding_layers * windowed)
-    bytes_per_token = active_weights_bytes(spec, hardware.backend) + kv_read
+    return active_weights_bytes(spec, backend) + kv_read
+
+
+def decode_tokens_per_s(
+    spec: ModelSpec,
+    hardware: Hardware,
+    context_tokens: int,
+    kv_bits: int | None = None,
+    speed: MachineSpeed | None = None,
+) -> float | None:
+    """Expected decode speed at `context_tokens` of context, from memory bandwidth.
+
+    A measured bandwidth (`speed`) wins; else the chip's published bus, except on MLX's CPU
+    backend, whose kernels are compute-bound, so the bus says nothing about their speed.
+    """
+    backend = hardware.backend
+    if speed is not None and speed.decode_bytes_per_s:
+        # llama.cpp reads the weights as stored, the way the probe's figure was taken.
+        held = backend if speed.engine == "mlx" else LLAMACPP
+        per_token = decode_bytes_per_token(spec, held, context_tokens, kv_bits)
+        return speed.decode_bytes_per_s / (per_token + speed.decode_layer_bytes * spec.layers)
+    bandwidth = hardware.memory_bandwidth_bytes_per_s
+    if bandwidth is None or backend == "cpu":
+        return None
     effective = 1 / (1 / (DECODE_BUS_EFFICIENCY * bandwidth) + 1 / DECODE_CEILING_BYTES_PER_S)
-    return effective / bytes_per_token
+    return effective / decode_bytes_per_token(spec, backend, context_tokens, kv_bits)
+
+
+def prefill_flops(spec: ModelSpec, prompt_tokens: int) -> float:
+    """FLOPs of reading a prompt: 2 per weight and token for the matmuls (the embedding is a
+    lookup and the output head runs for the last token only), plus attention's 4 per query
+    dim for each earlier token each token attends to."""
+    matmul_params = max(
+        0, (spec.active_params or spec.text_params) - spec.vocab_size * spec.hidden_size
+    )
+    q_dim = spec.attention_heads * spec.head_dim
+    full_layers = spec.layers - spec.sliding_layers
+    window = spec.sliding_window_tokens
+    # Sum over the prompt's positions of the tokens each attends to (capped at the window).
+    attended_full = prompt_tokens * (prompt_tokens - 1) / 2
+    if prompt_tokens <= window:
+        attended_window = attended_full
+    else:
+        attended_window = window * (window - 1) / 2 + (prompt_tokens - window) * window
+    attended = full_layers * attended_full + spec.sliding_layers * attended_window
+    return 2 * matmul_params * prompt_tokens + 4 * q_dim * attended
+
+
+def ttft_s(spec: ModelSpec, speed: MachineSpeed, prompt_tokens: int) -> float | None:
+    """Seconds from a prompt of `prompt_tokens` to the first answer token."""
+    if not speed.prefill_flops_per_s:
+        return None
+    layer_work = speed.prefill_layer_flops * spec.layers * prompt_tokens
+    return (prefill_flops(spec, prompt_tokens) + layer_work) / speed.prefill_flops_per_s
 
 
 def budget_bytes(hardware: Hardware, os_headroom_bytes: int) -> tuple[int, str]:
@@ -240,8 +301,14 @@ def plan(
     concurrent_sequences: int = 1,
     kv_bits: int | None = None,
     min_context_tokens: int = MIN_SERVING_CONTEXT_TOKENS,
+    speed: MachineSpeed | None = None,
+    prompt_tokens: int = TYPICAL_PROMPT_TOKENS,
 ) -> Plan:
-    """Plan `spec` on `hardware`: it fits when `min_context_tokens` of context fit."""
+    """Plan `spec` on `hardware`: it fits when `min_context_tokens` of context fit.
+
+    With the machine's `speed` it also predicts the time to first token of a
+    `prompt_tokens` prompt and the decode rate just after it.
+    """
     backend = hardware.backend
     budget, rule = budget_bytes(hardware, os_headroom_bytes)
     weights = weights_bytes(spec, backend)
@@ -292,12 +359,41 @@ def plan(
         max_concurrent_sequences=max(0, sequences),
         prefill_bytes=prefill,
         peak_bytes=weights + embedder_bytes + concurrent_sequences * per_sequence + prefill,
-        decode_tokens_per_s=decode_tokens_per_s(spec, hardware, context, kv_bits),
+        decode_tokens_per_s=decode_tokens_per_s(spec, hardware, context, kv_bits, speed),
+        **_speed_fields(spec, hardware, speed, prompt_tokens, kv_bits),
     )
 
 
+def _speed_fields(
+    spec: ModelSpec,
+    hardware: Hardware,
+    speed: MachineSpeed | None,
+    prompt_tokens: int,
+    kv_bits: int | None,
+) -> dict[str, Any]:
+    first = ttft_s(spec, speed, prompt_tokens) if speed is not None else None
+    decode = decode_tokens_per_s(spec, hardware, prompt_tokens, kv_bits, speed)
+    sources = []
+    if first is not None and speed is not None:
+        sources.append(f"prefill: {speed.source}")
+    if decode is not None:
+        measured = speed is not None and speed.decode_bytes_per_s
+        sources.append(f"decode: {speed.source if measured and speed else 'chip bandwidth'}")
+    return {
+        "prompt_tokens": prompt_tokens,
+        "ttft_s": first,
+        "prefill_tokens_per_s": prompt_tokens / first if first else None,
+        "typical_decode_tokens_per_s": decode,
+        "speed_source": "; ".join(sources),
+    }
+
+
 def plan_served(
-    hardware: Hardware, spec: ModelSpec, settings: Settings, embedder_bytes: int
+    hardware: Hardware,
+    spec: ModelSpec,
+    settings: Settings,
+    embedder_bytes: int,
+    speed: MachineSpeed | None = None,
 ) -> Plan:
     """The plan `rag ask` and `rag serve` run the configured model under."""
     return plan(
@@ -312,6 +408,8 @@ def plan_served(
             settings.llm.context_tokens,
             max(MIN_SERVING_CONTEXT_TOKENS, settings.llm.answer_tokens + MIN_PROMPT_TOKENS),
         ),
+        speed=speed,
+        prompt_tokens=settings.llm.typical_prompt_tokens,
     )
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import statistics
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +30,11 @@ class UsageRecord:
     prompt_tokens: int
     completion_tokens: int
     busy_s: float  # seconds the request kept the model generating (prefill and decode)
+    # The model that answered and how fast (`rag plan` sets them against its predictions);
+    # empty and 0 in lines written before they were recorded.
+    model: str = ""
+    ttft_s: float = 0.0
+    tokens_per_s: float = 0.0
 
 
 class UsageLedger:
@@ -66,3 +72,23 @@ def busy_seconds(ttft_s: float, completion_tokens: int, tokens_per_s: float) -> 
     """Prefill (time to first token) plus decode time, from a request's usage numbers."""
     decode_s = completion_tokens / tokens_per_s if tokens_per_s > 0 else 0.0
     return max(0.0, ttft_s) + decode_s
+
+
+def recent_speeds(entries: Iterable[UsageRecord], last: int = 20) -> dict[str, dict[str, float]]:
+    """Per model, the medians of its last `last` answers: time to first token, prompt tokens,
+    prefill tokens/s (prompt tokens over time to first token) and decode tokens/s."""
+    by_model: dict[str, list[UsageRecord]] = {}
+    for entry in sorted(entries, key=lambda e: e.at_s):
+        if entry.model and entry.ttft_s > 0:
+            by_model.setdefault(entry.model, []).append(entry)
+    speeds = {}
+    for model, records in by_model.items():
+        recent = records[-last:]
+        speeds[model] = {
+            "requests": len(recent),
+            "prompt_tokens": statistics.median(e.prompt_tokens for e in recent),
+            "ttft_s": statistics.median(e.ttft_s for e in recent),
+            "prefill_tokens_per_s": statistics.median(e.prompt_tokens / e.ttft_s for e in recent),
+            "tokens_per_s": statistics.median(e.tokens_per_s for e in recent),
+        }
+    return speeds

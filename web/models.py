@@ -100,7 +100,15 @@ class ModelHost:
         busy_s = busy_seconds(usage.ttft_s, usage.completion_tokens, usage.tokens_per_s)
         record_cost(request_cost(self.settings.cost, busy_s), collection, key)
         entry = UsageRecord(
-            time.time(), key, collection, usage.prompt_tokens, usage.completion_tokens, busy_s
+            time.time(),
+            key,
+            collection,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            busy_s,
+            model=self.answerer.engine.name if self.answerer else "",
+            ttft_s=usage.ttft_s,
+            tokens_per_s=usage.tokens_per_s,
         )
         try:
             self._ledger.record(entry)
