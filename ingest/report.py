@@ -24,18 +24,25 @@ class IngestReport:
     failed: list[dict[str, str]] = field(default_factory=list)
     chunks: int = 0
     seconds: float = 0.0
-    # Files found but of a kind no parser reads.
+    # Paths not read, by rule: of a kind no parser reads, hidden (a dot name), links leaving
+    # the folder, second names of a file read once. Why: in `skipped_reasons`.
     skipped: list[str] = field(default_factory=list)
     # PDF pages read (other formats count one page per file) in files that were parsed.
     pages: int = 0
     # {"path", "pages": [n, ...]}: PDF pages with no extractable text, likely scans.
     empty_pages: list[dict[str, Any]] = field(default_factory=list)
+    # {"path", "reason"} for each of `skipped`: unsupported, hidden, link_outside, duplicate.
+    skipped_reasons: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def fail(self, path: str, message: str, reason: str) -> None:
         self.failed.append({"path": path, "error": message, "reason": reason})
+
+    def skip(self, path: str, reason: str) -> None:
+        self.skipped.append(path)
+        self.skipped_reasons.append({"path": path, "reason": reason})
 
 
 @dataclass(frozen=True, slots=True)
