@@ -30,13 +30,6 @@ from rag.errors import ParseError, RagError
 HIDDEN, UNSUPPORTED, LINK_OUTSIDE, DUPLICATE = "hidden", "unsupported", "link_outside", "duplicate"
 LINK_LOOP, SPECIAL_FILE, UNREADABLE = "link_loop", "special_file", "unreadable"
 
-SKIP_WORDS = {
-    HIDDEN: "hidden",
-    UNSUPPORTED: "unsupported",
-    LINK_OUTSIDE: "links outside the folder",
-    DUPLICATE: "second names of a file",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Entry:

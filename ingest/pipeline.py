@@ -177,9 +177,7 @@ def run_ingest(
     for path, reason in found.skipped:
         report.skip(display_source(path), reason)
     for path, reason, message in found.failed:
-        report.fail(
-            names.get(path) if names and path in names else display_source(path), message, reason
-        )
+        report.fail((names or {}).get(path) or display_source(path), message, reason)
     with store.writer(on_wait):
         run = IngestRun(
             collection, chunking, ingest or IngestSettings(), embedder, store, batch_size

@@ -7,9 +7,18 @@ of the progress callback show the same numbers.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+# How the human report names each skip reason (ingest/discovery.py decides them).
+SKIP_WORDS = {
+    "hidden": "hidden",
+    "unsupported": "unsupported",
+    "link_outside": "links outside the folder",
+    "duplicate": "second names of a file",
+}
 
 
 @dataclass
@@ -39,6 +48,12 @@ class IngestReport:
 
     def fail(self, path: str, message: str, reason: str) -> None:
         self.failed.append({"path": path, "error": message, "reason": reason})
+
+    def skipped_summary(self) -> str:
+        """One line for people: how many paths were skipped, and why."""
+        counts = Counter(s["reason"] for s in self.skipped_reasons)
+        kinds = ", ".join(f"{n} {SKIP_WORDS.get(r, r)}" for r, n in counts.most_common())
+        return f"skipped {len(self.skipped)}: {kinds} (--json lists them)"
 
     def skip(self, path: str, reason: str) -> None:
         self.skipped.append(path)

@@ -206,19 +206,9 @@ def _ingest(
             where = printable(scan["path"])
             click.echo(f"  no text on page(s) {pages} of {where} (scanned?)", err=True)
         if report.skipped:
-            click.echo(f"  {_skipped_line(report.skipped_reasons)}", err=True)
+            click.echo(f"  {report.skipped_summary()}", err=True)
     if report.failed:
         sys.exit(1)
-
-
-def _skipped_line(skipped: list[dict[str, str]]) -> str:
-    from collections import Counter
-
-    from ingest.discovery import SKIP_WORDS
-
-    counts = Counter(s["reason"] for s in skipped)
-    kinds = ", ".join(f"{n} {SKIP_WORDS.get(r, r)}" for r, n in counts.most_common())
-    return f"skipped {len(skipped)}: {kinds} (--json lists them)"
 
 
 @main.group()
