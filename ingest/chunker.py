@@ -75,6 +75,11 @@ def split_text(text: str, tokenizer: Tokenizer, window: Window) -> list[Span]:
     return list(_windows(text, tokenizer, window))
 
 
+def iter_spans(text: str, tokenizer: Tokenizer, window: Window) -> Iterator[Span]:
+    """split_text one window at a time: a caller over its budget stops tokenizing early."""
+    return _windows(text, tokenizer, window)
+
+
 def _windows(text: str, tokenizer: Tokenizer, window: Window) -> Iterator[Span]:
     stream = _tokens(text, tokenizer)
     buf: list[tuple[int, int, bool]] = []  # tokens from global index `base` on

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ingest.chunker import Window
+from ingest.discovery import Entry, read_regular
 from ingest.parsers import ParsedDocument, parse_bytes
 from ingest.pipeline import IngestRun, ParsedFile, embed_sorted, make_chunks
 from ingest.worker import Limits, Outcome, run_isolated
@@ -163,16 +164,23 @@ class IngestWorker:
     def process(self, key: int, path: str, data: bytes, doc_id: str, source: str) -> Outcome:
         """The file's outcome: (parsed without its sections, chunks, vectors), or a failure."""
         try:
-            parsed: ParsedDocument = run_isolated(parse_bytes, (Path(path), data), self.limits)
+            args = (Path(path), data, self.limits.budget)
+            parsed: ParsedDocument = run_isolated(parse_bytes, args, self.limits)
         except ParseError as e:
             return Outcome(key, None, e.reason, e.message)
-        chunks = make_chunks(doc_id, source, parsed.sections, self.embedder, self.window)
+        budget = self.limits.budget
+        allowed, _ = budget.max_chunks(len(data))
+        chunks = make_chunks(doc_id, source, parsed.sections, self.embedder, self.window, allowed)
+        try:
+            budget.check_chunks(path, len(chunks), len(data))
+        except ParseError as e:
+            return Outcome(key, None, e.reason, e.message)
         vectors = embed_sorted(self.embedder, [c.text for c in chunks], self.batch_size)
         # The driver needs the counts, not the text again: the chunks carry it.
         return Outcome(key, (dataclasses.replace(parsed, sections=[]), chunks, vectors))
 
 
-def ingest_on_ray(run: IngestRun, files: list[Path], cluster: RayCluster) -> None:
+def ingest_on_ray(run: IngestRun, files: list[Entry], cluster: RayCluster) -> None:
     """IngestRun.ingest, with parsing and embedding on the cluster's actors."""
     _RayIngest(run, cluster).ingest(files)
 
@@ -188,10 +196,10 @@ class _RayIngest:
         self.done: list[ParsedFile] = []
         self.vectors: list[np.ndarray] = []
 
-    def ingest(self, files: list[Path]) -> None:
+    def ingest(self, files: list[Entry]) -> None:
         try:
-            for key, path in enumerate(files):
-                job = self.run.plan(key, path)
+            for key, entry in enumerate(files):
+                job = self.run.plan(key, entry)
                 if job is None:
                     continue
                 if not self.actors:
@@ -250,12 +258,10 @@ class _RayIngest:
     def _submit(self, key: int) -> None:
         job = self.run.jobs[key]
         try:
-            data = job.path.read_bytes()
-        except OSError as e:
+            data = read_regular(job.target, self.run.limits.max_file_bytes)
+        except ParseError as e:
             self.run.jobs.pop(key)
-            self.run.parse_failed(
-                job, Outcome(key, None, "unreadable", f"cannot read it: {e.strerror}")
-            )
+            self.run.parse_failed(job, Outcome(key, None, e.reason, e.message))
             return
         index = min(range(len(self.actors)), key=self.busy.__getitem__)
         ref = self.actors[index].process.remote(key, str(job.path), data, job.doc_id, job.source)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ingest.budget import TextBudget
 from ingest.markup import parse_markdown, parse_rst
 from ingest.text import declared_charset, decode_text
 from rag.errors import ParseError
@@ -45,30 +46,33 @@ def kind_of(path: Path) -> str | None:
     return SUFFIXES.get(path.suffix.lower())
 
 
-def parse_file(path: Path, max_file_bytes: int) -> ParsedDocument:
-    """Read and parse one file; raise ParseError (with a reason) when it cannot be used."""
-    kind = kind_of(path)
-    if kind is None:
-        raise ParseError(f"{path}: unsupported file type", "unsupported")
+def parse_file(
+    path: Path, max_file_bytes: int, budget: TextBudget | None = None, name: Path | None = None
+) -> ParsedDocument:
+    """Read and parse one file; raise ParseError (with a reason) when it cannot be used.
+
+    `path` is the regular file to read; `name` (default: `path`) names it in messages and
+    decides its format, as for a link read under its own name.
+    """
+    from ingest.discovery import read_regular
+
+    name = name or path
+    if kind_of(name) is None:
+        raise ParseError(f"{name}: unsupported file type", "unsupported")
     try:
-        size = path.stat().st_size
-        if size > max_file_bytes:
-            raise ParseError(
-                f"{path}: {size / 2**20:.0f} MiB is over ingest.max_file_mb "
-                f"({max_file_bytes / 2**20:.0f} MiB)",
-                "too_large",
-            )
-        data = path.read_bytes()
-    except OSError as e:
-        raise ParseError(f"cannot read {path}: {e.strerror}", "unreadable") from e
-    return parse_bytes(path, data)
+        data = read_regular(path, max_file_bytes)
+    except ParseError as e:
+        raise ParseError(e.message.replace(str(path), str(name)), e.reason) from e
+    return parse_bytes(name, data, budget)
 
 
-def parse_bytes(path: Path, data: bytes) -> ParsedDocument:
+def parse_bytes(path: Path, data: bytes, budget: TextBudget | None = None) -> ParsedDocument:
     """Parse a file's bytes read elsewhere (a Ray worker gets them from the driver).
 
-    `path` only names the file and decides its format; it need not exist here.
+    `path` only names the file and decides its format; it need not exist here. Text past
+    the `budget` fails the file with reason `limit`.
     """
+    budget = budget or TextBudget()
     kind = kind_of(path)
     if kind is None:
         raise ParseError(f"{path}: unsupported file type", "unsupported")
@@ -76,10 +80,11 @@ def parse_bytes(path: Path, data: bytes) -> ParsedDocument:
     if kind == "pdf":
         from ingest.pdf import parse_pdf_bytes
 
-        pdf = parse_pdf_bytes(data, str(path))
+        pdf = parse_pdf_bytes(data, str(path), budget)
         return ParsedDocument(pdf.sections, doc_hash, pdf.pages, pdf.empty_pages)
     declared = declared_charset(data) if kind == "html" else None
     text = decode_text(data, str(path), declared)
+    budget.check_text(str(path), len(text), len(data))
     return ParsedDocument(_TEXT_PARSERS[kind](text), doc_hash)
 
 

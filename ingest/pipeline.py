@@ -5,6 +5,10 @@ is already parsed. Parsed documents are pooled until `ingest.flush_chunks` chunk
 embedded together sorted by length (similar lengths pad least) and written in one commit, so
 many small files cost few commits and a crash leaves every document either wholly old or
 wholly new. The whole run holds the index's writer lock.
+
+What is read is decided first, for every path, without reading anything (ingest/discovery.py);
+a file's hash is taken only from a regular file of bounded size, and each file's text and
+chunks stay within the per-file budget (ingest/budget.py) or that file alone fails.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ingest.chunker import Tokenizer, Window, split_text
-from ingest.parsers import ParsedDocument, kind_of
+from ingest.budget import TextBudget
+from ingest.chunker import MAX_CHARS_PER_TOKEN, Tokenizer, Window, iter_spans
+from ingest.discovery import Entry, Found, discover, located, open_regular
+from ingest.parsers import ParsedDocument
 from ingest.report import IngestReport, Progress, ProgressMeter
 from ingest.worker import Limits, Outcome, ParsePool
 from rag.chunkrows import DocumentWrite
 from rag.config import ChunkingSettings, IngestSettings
 from rag.embedder import Embedder
-from rag.errors import RagError
+from rag.errors import ParseError, RagError
 from rag.records import Chunk, Section
 from rag.store import Store, StoredDocument
 
@@ -43,35 +49,16 @@ EMBED_SLICE_BATCHES = 4
 __all__ = ["IngestReport", "Progress", "discover", "run_ingest"]
 
 
-def discover(paths: Iterable[Path]) -> tuple[list[Path], list[Path]]:
-    """Return (readable files, unsupported files) under the given files and directories."""
-    found: list[Path] = []
-    for path in paths:
-        if not path.exists():
-            raise RagError(f"{path} does not exist")
-        if path.is_file():
-            found.append(path)
-            continue
-        for root, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            found.extend(Path(root) / f for f in sorted(files) if not f.startswith("."))
-    # A file named twice (`rag ingest docs docs/a.md`) is one document, ingested once.
-    first: dict[Path, Path] = {}
-    for p in found:
-        first.setdefault(p.resolve(), p)
-    unique = list(first.values())
-    readable = [p for p in unique if kind_of(p)]
-    return readable, [p for p in unique if not kind_of(p)]
-
-
 def display_source(path: Path) -> str:
     """The name citations show: relative to the working directory when inside it."""
-    rel = os.path.relpath(path.resolve(), Path.cwd())
-    return str(path.resolve()) if rel.startswith("..") else rel
+    where = located(path)
+    rel = os.path.relpath(where, Path.cwd())
+    return str(where) if rel.startswith("..") else rel
 
 
 def make_doc_id(collection: str, path: Path) -> str:
-    return hashlib.sha256(f"{collection}\0{path.resolve()}".encode()).hexdigest()[:24]
+    """The id of a file's document: by its path, a link's own, its folder resolved."""
+    return hashlib.sha256(f"{collection}\0{located(path)}".encode()).hexdigest()[:24]
 
 
 def make_named_doc_id(collection: str, name: str) -> str:
@@ -85,11 +72,21 @@ def pipeline_fingerprint(window: Window) -> str:
 
 
 def make_chunks(
-    doc_id: str, source: str, sections: list[Section], tokenizer: Tokenizer, window: Window
+    doc_id: str,
+    source: str,
+    sections: list[Section],
+    tokenizer: Tokenizer,
+    window: Window,
+    limit: int | None = None,
 ) -> list[Chunk]:
+    """The document's chunks; with `limit`, stops at limit + 1 (a file over its budget)."""
     chunks: list[Chunk] = []
     for section in sections:
-        for span in split_text(section.text, tokenizer, window):
+        if limit is not None and len(chunks) > limit:
+            break
+        for span in iter_spans(section.text, tokenizer, window):
+            if limit is not None and len(chunks) > limit:
+                break
             text = section.text[span.char_start : span.char_end]
             if not text.strip():
                 continue
@@ -133,11 +130,13 @@ def embed_sorted(
 class FileJob:
     """A file that needs parsing and embedding: what its write and its report entry need."""
 
-    path: Path
+    path: Path  # as found, for names and messages
     source: str
     doc_id: str
     size_bytes: int
     previous: StoredDocument | None
+    target: Path  # the regular file to read
+    location: Path  # the path recorded with the document
 
 
 @dataclass
@@ -172,18 +171,23 @@ def run_ingest(
     """
     started = time.perf_counter()
     roots = [Path(p) for p in paths]
-    files, unsupported = discover(roots)
-    report = IngestReport(skipped=[display_source(p) for p in unsupported])
+    found = discover(roots)
+    files = found.files
+    report = IngestReport()
+    for path, reason in found.skipped:
+        report.skip(display_source(path), reason)
+    for path, reason, message in found.failed:
+        report.fail((names or {}).get(path) or display_source(path), message, reason)
     with store.writer(on_wait):
         run = IngestRun(
             collection, chunking, ingest or IngestSettings(), embedder, store, batch_size
         )
         run.names = dict(names or {})
         run.meter = ProgressMeter(on_progress, len(files))
-        run.meter.work_total = sum(_size(p) for p in files)
+        run.meter.work_total = sum(_size(e.target) for e in files)
         run.report = report
         if sync:
-            run.remove_gone(roots)
+            run.remove_gone(roots, found)
         if cluster is None:
             run.ingest(files)
         else:
@@ -231,18 +235,34 @@ class IngestRun:
             timeout_s=settings.parse_timeout_s,
             memory_bytes=settings.parse_memory_mb * 2**20,
             max_file_bytes=settings.max_file_mb * 2**20,
+            budget=TextBudget(
+                settings.max_text_chars_per_page,
+                settings.max_chunks_per_file,
+                settings.max_chunks_per_kib,
+                self.window.budget * MAX_CHARS_PER_TOKEN,
+            ),
         )
 
-    def remove_gone(self, roots: list[Path]) -> None:
-        resolved = [str(r.resolve()) for r in roots]
+    def remove_gone(self, roots: list[Path], found: Found) -> None:
+        """Remove the documents under `roots` that this run does not read: files gone,
+        now hidden, now links leaving the folder. Under a folder that could not be listed
+        nothing is known to be gone, and a file that fails to read keeps its document."""
+        folders = [str(r.resolve()) for r in roots if r.is_dir()]
+        named = {str(located(r)) for r in roots} | {str(r.resolve()) for r in roots}
+        keep = {str(e.location) for e in found.files}
+        keep |= {str(located(path)) for path, _, _ in found.failed}
+        unlisted = [str(d) for d in found.unlisted]
+
+        def under(path: str, folder: str) -> bool:
+            return path.startswith(folder.rstrip(os.sep) + os.sep)
+
         gone = [
             doc
             for doc in self.stored.values()
             if doc.path
-            and any(
-                doc.path == r or doc.path.startswith(r.rstrip(os.sep) + os.sep) for r in resolved
-            )
-            and not os.path.exists(doc.path)
+            and (doc.path in named or any(under(doc.path, f) for f in folders))
+            and doc.path not in keep
+            and not any(under(doc.path, d) for d in unlisted)
         ]
         if not gone:
             return
@@ -252,11 +272,11 @@ class IngestRun:
         for doc in gone:
             del self.stored[doc.doc_id]
 
-    def ingest(self, files: list[Path]) -> None:
+    def ingest(self, files: list[Entry]) -> None:
         with ParsePool(self.settings.parse_workers, self.limits) as pool:
-            for key, path in enumerate(files):
-                if self.plan(key, path):
-                    pool.submit_file(key, path)
+            for key, entry in enumerate(files):
+                if job := self.plan(key, entry):
+                    pool.submit_file(key, job.target, job.path)
                 # Keep parsing a few files ahead of embedding, not the whole corpus.
                 while pool.pending > pool.workers + 1:
                     self._take(pool, pool.collect(None))
@@ -265,25 +285,23 @@ class IngestRun:
                 self._take(pool, pool.collect(None))
             self._flush(pool)
 
-    def plan(self, key: int, path: Path) -> FileJob | None:
-        """Skip `path` if unchanged (or unusable, reported); else the job, kept as jobs[key]."""
+    def plan(self, key: int, entry: Entry) -> FileJob | None:
+        """Skip `entry` if unchanged (or unusable, reported); else the job, kept as jobs[key]."""
+        path = entry.path
         name = self.names.get(path)
         source = name or display_source(path)
         self.meter.emit("scanning", source)
         try:
-            size = path.stat().st_size
-            if size > self.limits.max_file_bytes:
-                self.meter.work_total -= size
-                self._failed(
-                    source, f"{size / 2**20:.0f} MiB is over ingest.max_file_mb", "too_large"
-                )
-                return None
-            doc_hash = _hash_file(path)
-        except OSError as e:
-            self._failed(source, f"cannot read it: {e.strerror}", "unreadable")
+            size, doc_hash = _hash_file(entry.target, self.limits.max_file_bytes)
+        except ParseError as e:
+            self.meter.work_total -= _size(entry.target)
+            message = e.message.replace(f"{entry.target}: ", "").replace(f" {entry.target}", "")
+            self._failed(source, message, e.reason)
             return None
         doc_id = (
-            make_named_doc_id(self.collection, name) if name else make_doc_id(self.collection, path)
+            make_named_doc_id(self.collection, name)
+            if name
+            else make_doc_id(self.collection, entry.location)
         )
         previous = self.stored.get(doc_id)
         if previous and (previous.doc_hash, previous.pipeline) == (doc_hash, self.pipeline):
@@ -293,7 +311,7 @@ class IngestRun:
             self.meter.emit("scanning", source)
             return None
         self.meter.start_work()
-        job = FileJob(path, source, doc_id, size, previous)
+        job = FileJob(path, source, doc_id, size, previous, entry.target, entry.location)
         self.jobs[key] = job
         return job
 
@@ -304,15 +322,29 @@ class IngestRun:
                 self.parse_failed(job, outcome)
                 continue
             parsed: ParsedDocument = outcome.value
-            chunks = make_chunks(
-                job.doc_id, job.source, parsed.sections, self.embedder, self.window
-            )
+            chunks = self.chunk(job, parsed)
+            if chunks is None:
+                continue
             if self.accept(job, parsed, chunks) is None:
                 continue
             self.pending.append(ParsedFile(job, chunks, parsed.doc_hash))
             self.meter.emit("parsing", job.source)
             if sum(len(p.chunks) for p in self.pending) >= self.settings.flush_chunks:
                 self._flush(pool)
+
+    def chunk(self, job: FileJob, parsed: ParsedDocument) -> list[Chunk] | None:
+        """The parsed file's chunks, or None (reported) when they are over its budget."""
+        budget = self.limits.budget
+        allowed, _ = budget.max_chunks(job.size_bytes)
+        chunks = make_chunks(
+            job.doc_id, job.source, parsed.sections, self.embedder, self.window, allowed
+        )
+        try:
+            budget.check_chunks(str(job.path), len(chunks), job.size_bytes)
+        except ParseError as e:
+            self.parse_failed(job, Outcome(None, None, e.reason, e.message))
+            return None
+        return chunks
 
     def parse_failed(self, job: FileJob, outcome: Outcome) -> None:
         self.meter.work_done += job.size_bytes
@@ -368,7 +400,7 @@ class IngestRun:
                     d.job.doc_id,
                     d.doc_hash,
                     self.pipeline,
-                    str(d.job.path.resolve()),
+                    str(d.job.location),
                     d.chunks,
                     vectors[offset : offset + count],
                 )
@@ -405,9 +437,12 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _hash_file(path: Path) -> str:
+def _hash_file(path: Path, max_bytes: int) -> tuple[int, str]:
+    """(size, sha256) of a regular file of at most `max_bytes`; nothing else is read."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
+    with open_regular(path, max_bytes) as (f, size):
+        left = size
+        while left > 0 and (block := f.read(min(left, 1 << 20))):
             digest.update(block)
-    return digest.hexdigest()
+            left -= len(block)
+    return size, digest.hexdigest()

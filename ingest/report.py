@@ -7,9 +7,18 @@ of the progress callback show the same numbers.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+# How the human report names each skip reason (ingest/discovery.py decides them).
+SKIP_WORDS = {
+    "hidden": "hidden",
+    "unsupported": "unsupported",
+    "link_outside": "links outside the folder",
+    "duplicate": "second names of a file",
+}
 
 
 @dataclass
@@ -24,18 +33,31 @@ class IngestReport:
     failed: list[dict[str, str]] = field(default_factory=list)
     chunks: int = 0
     seconds: float = 0.0
-    # Files found but of a kind no parser reads.
+    # Paths not read, by rule: of a kind no parser reads, hidden (a dot name), links leaving
+    # the folder, second names of a file read once. Why: in `skipped_reasons`.
     skipped: list[str] = field(default_factory=list)
     # PDF pages read (other formats count one page per file) in files that were parsed.
     pages: int = 0
     # {"path", "pages": [n, ...]}: PDF pages with no extractable text, likely scans.
     empty_pages: list[dict[str, Any]] = field(default_factory=list)
+    # {"path", "reason"} for each of `skipped`: unsupported, hidden, link_outside, duplicate.
+    skipped_reasons: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def fail(self, path: str, message: str, reason: str) -> None:
         self.failed.append({"path": path, "error": message, "reason": reason})
+
+    def skipped_summary(self) -> str:
+        """One line for people: how many paths were skipped, and why."""
+        counts = Counter(s["reason"] for s in self.skipped_reasons)
+        kinds = ", ".join(f"{n} {SKIP_WORDS.get(r, r)}" for r, n in counts.most_common())
+        return f"skipped {len(self.skipped)}: {kinds} (--json lists them)"
+
+    def skip(self, path: str, reason: str) -> None:
+        self.skipped.append(path)
+        self.skipped_reasons.append({"path": path, "reason": reason})
 
 
 @dataclass(frozen=True, slots=True)

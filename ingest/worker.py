@@ -15,16 +15,24 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from ingest.budget import TextBudget
 from ingest.parsers import ParsedDocument, parse_file
 from rag.errors import ParseError
 
 # Modules the forkserver imports once, so that each child starts with them loaded.
-_PRELOAD = ["ingest.parsers", "ingest.pdf", "ingest.webpage", "pypdf", "charset_normalizer"]
+_PRELOAD = [
+    "ingest.parsers",
+    "ingest.discovery",
+    "ingest.pdf",
+    "ingest.webpage",
+    "pypdf",
+    "charset_normalizer",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +40,7 @@ class Limits:
     timeout_s: float
     memory_bytes: int
     max_file_bytes: int
+    budget: TextBudget = field(default_factory=TextBudget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +152,11 @@ class ParsePool:
     def pending(self) -> int:
         return len(self._waiting) + len(self._running)
 
-    def submit_file(self, key: Any, path: Path) -> None:
-        self.submit(key, parse_file, (path, self.limits.max_file_bytes), str(path))
+    def submit_file(self, key: Any, path: Path, name: Path | None = None) -> None:
+        """Parse the regular file `path`, named `name` (a link's own path) in its report."""
+        limits = self.limits
+        args = (path, limits.max_file_bytes, limits.budget, name or path)
+        self.submit(key, parse_file, args, str(name or path))
 
     def submit(self, key: Any, func: Callable[..., Any], args: tuple[Any, ...], label: str) -> None:
         self._waiting.append(_Job(key, func, args, label))
@@ -248,7 +260,7 @@ def run_isolated(func: Callable[..., Any], args: tuple[Any, ...], limits: Limits
 
 def parse_isolated(path: Path, limits: Limits) -> ParsedDocument:
     """Parse one file in its own bounded process."""
-    value = run_isolated(parse_file, (path, limits.max_file_bytes), limits)
+    value = run_isolated(parse_file, (path, limits.max_file_bytes, limits.budget), limits)
     assert isinstance(value, ParsedDocument)
     return value
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from rag.clikit import cli_settings, emit_json, handle_errors, say
+from rag.clikit import cli_settings, emit_json, handle_errors, printable, say
 
 
 @click.group()
@@ -36,7 +36,8 @@ def keys_add(ctx: click.Context, name: str, collections: tuple[str, ...]) -> Non
 
     token = add_key(cli_settings(ctx).storage.data_path, name, list(collections))
     click.echo(token)
-    click.echo(f"key {name!r} created for {', '.join(collections)}; it is shown only now", err=True)
+    shown = printable(f"key {name!r} created for {', '.join(collections)}")
+    click.echo(f"{shown}; it is shown only now", err=True)
 
 
 @keys.command("list")
@@ -47,7 +48,7 @@ def keys_list(ctx: click.Context) -> None:
     from rag.apikeys import load_keys
 
     for key in load_keys(cli_settings(ctx).storage.data_path):
-        click.echo(f"{key.name}\t{','.join(key.collections)}")
+        click.echo(printable(key.name) + "\t" + printable(",".join(key.collections)))
 
 
 @keys.command("rm")
@@ -193,7 +194,8 @@ def backup(ctx: click.Context, dest: Path, as_json: bool) -> None:
         return
     click.echo(
         f"backed up table {manifest['table']} version {manifest['table_version']} "
-        f"({manifest['rows']} chunks) to {manifest['dest']} in {manifest['seconds']:.1f}s"
+        f"({manifest['rows']} chunks) to {printable(str(manifest['dest']))} in "
+        f"{manifest['seconds']:.1f}s"
     )
 
 
@@ -227,11 +229,12 @@ def restore(ctx: click.Context, src: Path, force: bool, as_json: bool) -> None:
         return
     click.echo(
         f"restored table {result['table']} ({result['rows']} chunks, backed up "
-        f"{result['created']}) into {result['restored_to']}"
+        f"{result['created']}) into {printable(str(result['restored_to']))}"
     )
     if result["config_copy"]:
         click.echo(
-            f"the backup's config file is {result['config_copy']}; use it (or check yours "
+            f"the backup's config file is {printable(str(result['config_copy']))}; use it (or "
+            "check yours "
             "with `rag doctor`) if this machine should embed the same way",
             err=True,
         )

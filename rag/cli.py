@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from rag import admin
-from rag.clikit import cli_settings, emit_json, handle_errors, say
+from rag.clikit import cli_settings, emit_json, handle_errors, printable, say
 from rag.config import Settings, override
 from rag.errors import UsageError
 
@@ -65,7 +65,7 @@ class _ProgressLine:
         line = (
             f"\r[{'#' * filled}{'.' * (width - filled)}] {p.files_done}/{p.files_total} files "
             f"{p.pages} pages {p.chunks} chunks {p.chunks_per_s:.1f} chunks/s ETA {eta} "
-            f"{p.stage} {p.current[-32:]}"
+            f"{p.stage} {printable(p.current)[-32:]}"
         )
         click.echo(line.ljust(120), nl=final, err=True)
 
@@ -199,14 +199,14 @@ def _ingest(
                 f"{report.pages} pages in {report.seconds:.1f}s"
             )
         for failure in report.failed:
-            click.echo(
-                f"  failed ({failure['reason']}): {failure['path']}: {failure['error']}", err=True
-            )
+            where, error = printable(failure["path"]), printable(failure["error"])
+            click.echo(f"  failed ({failure['reason']}): {where}: {error}", err=True)
         for scan in report.empty_pages:
             pages = ", ".join(map(str, scan["pages"]))
-            click.echo(f"  no text on page(s) {pages} of {scan['path']} (scanned?)", err=True)
+            where = printable(scan["path"])
+            click.echo(f"  no text on page(s) {pages} of {where} (scanned?)", err=True)
         if report.skipped:
-            click.echo(f"  skipped {len(report.skipped)} file(s) of unsupported types", err=True)
+            click.echo(f"  {report.skipped_summary()}", err=True)
     if report.failed:
         sys.exit(1)
 
@@ -245,9 +245,11 @@ def docs_list(ctx: click.Context, collection: str | None, as_json: bool) -> None
         return
     for row in rows:
         pages = f", {row['pages']} pages" if row["pages"] else ""
-        click.echo(f"{row['source']}  ({row['chunks']} chunks{pages})")
+        click.echo(f"{printable(row['source'])}  ({row['chunks']} chunks{pages})")
     total = sum(r["chunks"] for r in rows)
-    click.echo(f"{len(rows)} document(s), {total} chunks in collection {name!r}", err=True)
+    click.echo(
+        f"{len(rows)} document(s), {total} chunks in collection {printable(repr(name))}", err=True
+    )
 
 
 @docs.command("rm")
@@ -277,7 +279,10 @@ def docs_rm(ctx: click.Context, sources: tuple[str, ...], collection: str | None
             upload.unlink(missing_ok=True)
     found = {wanted[k] for d in docs for k in (d.source, d.path) if k in wanted}
     missing = [s for s in sources if s not in found]
-    click.echo(f"removed {len(docs)} document(s), {removed} chunks, from collection {name!r}")
+    click.echo(
+        f"removed {len(docs)} document(s), {removed} chunks, "
+        f"from collection {printable(repr(name))}"
+    )
     if missing:
         raise NotFoundError(f"not in collection {name!r}: {', '.join(missing)}")
 
@@ -303,7 +308,7 @@ def ask(
         question, collection or settings.storage.collection, settings.retrieval.k
     ):
         if isinstance(item, Delta) and not as_json:
-            click.echo(item.text, nl=False)
+            click.echo(printable(item.text, keep="\n\t"), nl=False)
         elif isinstance(item, Answer):
             final = item
     assert final is not None
@@ -315,8 +320,8 @@ def ask(
         click.echo("\nSources:")
         for c in final.citations:
             page = f", page {c.page}" if c.page else ""
-            heading = f" ({c.heading})" if c.heading else ""
-            click.echo(f"  [{c.n}] {c.source}{page}{heading}")
+            heading = f" ({printable(c.heading)})" if c.heading else ""
+            click.echo(f"  [{c.n}] {printable(c.source)}{page}{heading}")
     u = final.usage
     click.echo(
         f"\n{u.prompt_tokens} prompt + {u.completion_tokens} answer tokens, "
@@ -354,8 +359,8 @@ def search(
         return
     for n, h in enumerate(hits, start=1):
         page = f", page {h.page}" if h.page else ""
-        click.echo(f"[{n}] {h.source}{page}  score {h.score:.3f}")
-        click.echo("    " + " ".join(h.text.split())[:200])
+        click.echo(f"[{n}] {printable(h.source)}{page}  score {h.score:.3f}")
+        click.echo("    " + printable(" ".join(h.text.split())[:200]))
 
 
 @main.command("eval")

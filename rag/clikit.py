@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -22,7 +23,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except RagError as e:
-            click.echo(f"error: {e.message}", err=True)
+            click.echo(f"error: {printable(e.message)}", err=True)
             sys.exit(e.exit_code)
 
     return run
@@ -32,8 +33,25 @@ def cli_settings(ctx: click.Context) -> Settings:
     try:
         return load_settings(ctx.obj.get("config_path"))
     except RagError as e:
-        click.echo(f"error: {e.message}", err=True)
+        click.echo(f"error: {printable(e.message)}", err=True)
         sys.exit(e.exit_code)
+
+
+def printable(text: str, keep: str = "") -> str:
+    """`text` safe for a terminal: control, bidi and other invisible characters escaped.
+
+    File names and document text come from anywhere: a newline in a name forges an output
+    line, an ESC starts a terminal command, U+202E reverses what follows. Each such
+    character is shown as its Python escape (\\n, \\x1b, \\u202e); `keep` lists the ones to
+    pass through (newlines in an answer). Every stored or user-given string goes through
+    here on its way to the terminal; JSON output is escaped by json.dumps instead.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c in keep or c.isprintable() or unicodedata.category(c) == "Zs" else ascii(c)[1:-1]
+        for c in text
+    )
 
 
 def emit_json(obj: Any) -> None:
@@ -41,4 +59,4 @@ def emit_json(obj: Any) -> None:
 
 
 def say(message: str) -> None:
-    click.echo(message, err=True)
+    click.echo(printable(message), err=True)

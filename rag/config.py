@@ -68,6 +68,9 @@ class IngestSettings:
     max_file_mb: int = 256
     parse_workers: int = 1
     flush_chunks: int = 512
+    max_text_chars_per_page: int = 100_000
+    max_chunks_per_file: int = 50_000
+    max_chunks_per_kib: int = 64
     ray_actors: int = 0
     ray_cpus_per_actor: float = 1.0
     ray_gpus_per_actor: float = 0.0
@@ -236,6 +239,14 @@ def validate(settings: Settings) -> None:
         )
     if ingest.parse_workers < 1 or ingest.flush_chunks < 1:
         raise ConfigError("ingest.parse_workers and ingest.flush_chunks must be at least 1")
+    if (
+        min(ingest.max_text_chars_per_page, ingest.max_chunks_per_file, ingest.max_chunks_per_kib)
+        < 1
+    ):
+        raise ConfigError(
+            "ingest.max_text_chars_per_page, ingest.max_chunks_per_file and "
+            "ingest.max_chunks_per_kib must be at least 1"
+        )
     if ingest.ray_actors < 0 or ingest.ray_cpus_per_actor <= 0 or ingest.ray_gpus_per_actor < 0:
         raise ConfigError(
             "ingest.ray_actors must be >= 0 (0 = fill the cluster), ingest.ray_cpus_per_actor "

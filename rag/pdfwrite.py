@@ -129,3 +129,47 @@ def write_pdf(path: Path, pages: list[str], *, title: str | None = None) -> None
     out += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\n" % (size, size - 1)
     out += b"startxref\n%d\n%%%%EOF\n" % xref
     Path(path).write_bytes(bytes(out))
+
+
+def write_form_pdf(path: Path, text: str, *, draws: int, pages: int = 1) -> None:
+    """Write a PDF whose every page draws one text Form XObject `draws` times.
+
+    The form's text is stored once, compressed, so a file of a few KB extracts to
+    `len(text) * draws * pages` characters: the shape of a text-amplification attack,
+    for the ingest limits' tests.
+    """
+    import zlib
+
+    form = b"BT /F1 %d Tf %d %d Td %s Tj ET\n" % (
+        FONT_SIZE,
+        MARGIN,
+        PAGE_H - MARGIN,
+        _pdf_string(text),
+    )
+    packed = zlib.compress(form, 9)
+    content = b"q /Fm0 Do Q\n" * draws
+    # Objects: 1 catalog, 2 page tree, 3 font, 4 form, 5 page content, then the pages.
+    kids = b" ".join(b"%d 0 R" % (6 + i) for i in range(pages))
+    objs: list[bytes] = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages),
+        _FONT,
+        b"<< /Type /XObject /Subtype /Form /BBox [0 0 %d %d] /Resources << /Font << /F1 3 0 R"
+        b" >> >> /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream"
+        % (PAGE_W, PAGE_H, len(packed), packed),
+        b"<< /Length %d >>\nstream\n%sendstream" % (len(content), content),
+    ]
+    objs += [
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %d %d] /Resources << /Font << /F1 3 0 R"
+        b" >> /XObject << /Fm0 4 0 R >> >> /Contents 5 0 R >>" % (PAGE_W, PAGE_H)
+    ] * pages
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for num, body in enumerate(objs, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (num, body)
+    xref, size = len(out), len(objs) + 1
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % size
+    out += b"".join(b"%010d 00000 n \n" % off for off in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (size, xref)
+    Path(path).write_bytes(bytes(out))

@@ -94,8 +94,7 @@ def write_lock(
         raise StoreError(_busy(data_path, wait_s))
     try:
         if lock.depth == 0:
-            data_path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = _open_lock(data_path, lock.path)
             told = False
             while True:
                 try:
@@ -122,6 +121,18 @@ def write_lock(
                 lock.fd = None
     finally:
         lock.thread_lock.release()
+
+
+def _open_lock(data_path: Path, path: Path) -> int:
+    """The lock file's descriptor; a data dir we cannot write is one StoreError, not a trace."""
+    try:
+        data_path.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise StoreError(
+            f"cannot write to the data dir {data_path} ({e.strerror}): make it writable, or "
+            "set storage.data_dir (RAG_STORAGE_DATA_DIR) to a folder you can write"
+        ) from e
 
 
 @contextlib.contextmanager
