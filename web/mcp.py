@@ -22,6 +22,7 @@ Over stdio the same tools run for the local user, with the CLI's reach: every co
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from litestar import Litestar, Request, asgi
+from litestar.exceptions import MethodNotAllowedException
 from litestar.types import Message, Receive, Scope, Send
 from mcp.server.context import ServerRequestContext
 from mcp.server.stdio import stdio_server
@@ -120,6 +122,8 @@ class McpEndpoint:
     """/mcp: the route handler and the lifespan that runs the SDK's session manager."""
 
     def __init__(self) -> None:
+        # The SDK logs each stateless request at INFO ("Terminating session: None").
+        logging.getLogger("mcp").setLevel(logging.WARNING)
         self.sessions = StreamableHTTPSessionManager(
             app=build_server(_request_backend),
             json_response=True,
@@ -131,11 +135,20 @@ class McpEndpoint:
 
         @asgi(MCP_PATH, copy_scope=True)
         async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await send({"type": "websocket.close", "code": 1008, "reason": ""})
+                return
             request: Request[Any, Any, Any] = Request(scope)
             caller = await authenticate(request)  # a RagError here is the app's JSON error
-            if scope["method"] == "POST":
-                body, receive = await _peek_body(receive)
-                _admit(request.app, caller, body)
+            if scope["method"] != "POST":
+                # Stateless: no session to end (DELETE) and no stream of server messages
+                # (GET); the spec's answer for both is 405.
+                raise MethodNotAllowedException(
+                    "this MCP endpoint is stateless: POST each JSON-RPC message",
+                    headers={"Allow": "POST"},
+                )
+            body, receive = await _peek_body(receive)
+            _admit(request.app, caller, body)
             scope[_CALLER] = caller  # type: ignore[literal-required]
             await sessions.handle_request(scope, receive, send)  # type: ignore[arg-type]
 
