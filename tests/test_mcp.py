@@ -235,6 +235,21 @@ def test_http_refuses_what_the_key_may_not_read(keyed: dict[str, Any]) -> None:
     assert anonymous.status_code == 401 and "API key" in anonymous.json()["error"]["message"]
     stream = httpx.get(f"{base}/mcp", headers={"authorization": f"Bearer {keys['beta']}"})
     assert stream.status_code == 405 and stream.headers["allow"] == "POST"
+    # What a page on another site could make a browser send: a form-like POST, or any
+    # request under a rebound host name.
+    message = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    form = httpx.post(f"{base}/mcp", content=message, headers={"content-type": "text/plain"})
+    assert form.status_code == 403 and "CSRF" in form.json()["error"]["message"]
+    rebound = httpx.post(
+        f"{base}/mcp",
+        content=message,
+        headers={
+            "host": "evil.example",
+            "content-type": "application/json",
+            "authorization": f"Bearer {keys['beta']}",
+        },
+    )
+    assert rebound.status_code == 400
     # Each search spends one of the key's requests, refused or not: then 429, as on REST.
     for _ in range(30):
         r = _post(base, keys["beta"], "tools/call", _search_params("default"))
