@@ -499,6 +499,22 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     uvicorn.run(app, host=bind, port=settings.server.port, log_level="warning")
 
 
+@main.command()
+@click.pass_context
+@handle_errors
+def mcp(ctx: click.Context) -> None:
+    """Serve the documents to an AI assistant over MCP (Model Context Protocol) on stdio.
+
+    An assistant starts this command itself (see the README for its config) and calls the
+    tools search, ask, list_collections and list_documents; documents are resources
+    rag://COLLECTION/SOURCE. Reads every collection, as the other commands do. `rag serve`
+    offers the same over HTTP at /mcp, with API keys.
+    """
+    from web.mcp import run_stdio
+
+    run_stdio(cli_settings(ctx))
+
+
 # The operator's commands live in rag.admin.
 for _command in (
     admin.keys,

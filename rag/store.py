@@ -219,6 +219,24 @@ class Store:
             for doc_id, row in first.items()
         }
 
+    def source_chunks(self, collection: str, source: str) -> list[Passage]:
+        """The chunks of the documents named `source` in a collection, each document's in
+        order (score 0); empty when there is none."""
+        from lancedb.expr import col, lit
+
+        table = self._table()
+        if table is None:
+            return []
+        rows = (
+            table.search()
+            .where((col("collection") == lit(collection)) & (col("source") == lit(source)))
+            .select(list(PASSAGE_COLUMNS))
+            .limit(None)
+            .to_list()
+        )
+        chunks = [_passage(r, 0.0) for r in rows]
+        return sorted(chunks, key=lambda p: (p.doc_id, p.chunk_index))
+
     def collections(self) -> list[str]:
         """Names of the collections that hold at least one chunk."""
         table = self._table()

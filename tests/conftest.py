@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +105,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str]:
-    """Start `rag serve` on a free port; return the process and its base URL once ready."""
+def start_server(
+    data_dir: Path, while_loading: Callable[[str], None] | None = None, **env: str
+) -> tuple[subprocess.Popen[str], str]:
+    """Start `rag serve` on a free port; return the process and its base URL once ready.
+
+    `while_loading(base)` runs once the service answers and the models are still loading.
+    """
     port = free_port()
     log = data_dir / f"serve-{port}.log"
     with log.open("w") as out:  # a file, not a pipe: nobody drains a pipe during the tests
@@ -131,6 +136,8 @@ def start_server(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str
             # /ready said 503 while the models loaded, and only then 200.
             assert saw_not_ready
             return proc, base
+        if status == 503 and not saw_not_ready and while_loading is not None:
+            while_loading(base)
         saw_not_ready = saw_not_ready or status == 503
         time.sleep(0.3)
     proc.kill()

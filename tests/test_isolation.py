@@ -7,6 +7,10 @@ collection, document id, source name and job id, and again at made-up ones: the 
 must be refusals (403/404) that are identical once the identifiers are blanked out, so B
 cannot even tell A's things exist. Routes that list collection data are called with B's own
 scope and must show nothing of A. Every non-public route answers 401 without a valid key.
+
+The MCP endpoint (/mcp, an ASGI mount that every method reaches) is swept through its tools
+and resources, one JSON-RPC POST each: there a refusal is a tool result with isError or a
+JSON-RPC error (HTTP 200), and again must read the same for A's things and made-up ones.
 """
 
 from __future__ import annotations
@@ -35,6 +39,19 @@ PUBLIC = "public"
 # Needs a key but holds no collection data (the machine's plan, health checks, embeddings
 # of the caller's own text).
 KEY_ONLY = "key only"
+# The method of a mounted ASGI app's route: it takes them all.
+ANY = "*"
+MCP = "/mcp"
+
+
+def _mcp(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One MCP request as the body of one POST (the endpoint is stateless)."""
+    return {"json": {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}}
+
+
+def _tool(name: str, **arguments: str) -> dict[str, Any]:
+    return _mcp("tools/call", {"name": name, "arguments": arguments})
+
 
 # (method, route) -> PUBLIC, KEY_ONLY, or the requests that aim at the target's things.
 # Strings may name {collection}, {doc_id}, {source} and {job_id}; path parameters too.
@@ -74,20 +91,32 @@ ROUTES: dict[tuple[str, str], Any] = {
     ],
     ("GET", "/api/jobs/{job_id}"): [{}],
     ("GET", "/api/jobs/{job_id}/events"): [{}],
+    (ANY, MCP): [
+        _tool("search", query=QUESTION, collection="{collection}"),
+        _tool("ask", question=QUESTION, collection="{collection}"),
+        _tool("list_documents", collection="{collection}"),
+        _mcp("resources/read", {"uri": "rag://{collection}/{source}"}),
+    ],
 }
+# MCP requests with no target: they list what the caller's own scope holds.
+MCP_LISTINGS = [_tool("list_collections"), _mcp("resources/list", {}), _mcp("tools/list", {})]
 # Requests with no target: they list what the caller's own scope holds.
 UNTARGETED = {("GET", "/v1/models"), ("GET", "/api/collections"), ("POST", "/v1/embeddings")}
 # Generation is slow on a CPU: A's own ask and chat are left out of the sanity pass (B's
 # are refused before any retrieval, and search shows what retrieval returns).
 SLOW = {("POST", "/api/ask"), ("POST", "/v1/chat/completions")}
+SLOW_TOOLS = {"ask"}
 
 
 def route_table() -> set[tuple[str, str]]:
+    from litestar.routes import ASGIRoute
+
     from web.app import create_app
 
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app(Settings(storage=StorageSettings(data_dir=tmp)))
-        return {
+        mounts = {(ANY, route.path_format) for route in app.routes if isinstance(route, ASGIRoute)}
+        return mounts | {
             (method, route.path_format)
             for route in app.routes
             for handler in getattr(route, "route_handlers", [])
@@ -156,7 +185,26 @@ def _call(
 ) -> httpx.Response:
     if key:
         headers["authorization"] = f"Bearer {key}"
+    method = "POST" if method == ANY else method  # an MCP message is a POST
     return httpx.request(method, base + path, headers=headers, timeout=120, **spec)
+
+
+def _mcp_refused(r: httpx.Response) -> bool:
+    """An MCP answer that refuses: a tool error, or a JSON-RPC error."""
+    body = r.json()
+    return "error" in body or body["result"].get("isError") is True
+
+
+def _refused(route: str, r: httpx.Response) -> bool:
+    if route == MCP:
+        return r.status_code == 200 and _mcp_refused(r)
+    return r.status_code in (403, 404)
+
+
+def _slow(method: str, route: str, spec: dict[str, Any]) -> bool:
+    if route == MCP:
+        return spec["json"]["params"].get("name") in SLOW_TOOLS
+    return (method, route) in SLOW
 
 
 def _fake_ids() -> dict[str, str]:
@@ -188,9 +236,9 @@ def test_b_cannot_reach_or_detect_anything_of_a(tenants: dict[str, Any]) -> None
         for ids in (real, _fake_ids()):
             r = _call(base, b, method, route.format(**ids), _fill(spec, ids))
             assert CANARY not in r.text
+            assert _refused(route, r), f"{method} {route} {spec}: B got {r.status_code}: {r.text}"
             answers.append((r.status_code, _blank(r.text, ids)))
         (status, body), fake = answers
-        assert status in (403, 404), f"{method} {route} {spec}: B got {status}: {body}"
         assert (status, body) == fake, f"{method} {route}: A's things answer unlike absent ones"
 
 
@@ -202,6 +250,10 @@ def test_what_b_lists_holds_nothing_of_a(tenants: dict[str, Any]) -> None:
             r = _call(base, b, method, route, spec)
             assert r.status_code == 200, f"{method} {route}: {r.text}"
             assert not [s for s in secrets if s in r.text], f"{method} {route} shows A's data"
+    for spec in MCP_LISTINGS:
+        r = _call(base, b, ANY, MCP, spec)
+        assert r.status_code == 200 and not _mcp_refused(r), f"{spec}: {r.text}"
+        assert not [s for s in secrets if s in r.text], f"MCP {spec} shows A's data"
     own = {"query": "launch code heliotrope", "collection": "beta"}
     hits = _call(base, b, "POST", "/api/search", {"json": own}).json()["hits"]
     assert hits and {h["source"] for h in hits} == {"beta-launch.md"}
@@ -238,13 +290,16 @@ def test_a_reaches_its_own_things_through_the_same_requests(tenants: dict[str, A
     base, a, real = tenants["base"], tenants["keys"]["a"], tenants["ids"]
     deletes = []
     for method, route, spec in _targeted():
-        if (method, route) in SLOW or "beta" in repr(spec):
+        if _slow(method, route, spec) or "beta" in repr(spec):
             continue
         if method == "DELETE":
             deletes.append((method, route, spec))
             continue
         r = _call(base, a, method, route.format(**real), _fill(spec, real))
         assert r.status_code in (200, 202), f"{method} {route}: A got {r.status_code}: {r.text}"
+        assert route != MCP or not _mcp_refused(r), f"MCP {spec}: A got {r.text}"
+    resource = _fill(_mcp("resources/read", {"uri": "rag://{collection}/{source}"}), real)
+    assert CANARY in _call(base, a, ANY, MCP, resource).text
     source = _call(
         base,
         a,

@@ -96,6 +96,7 @@ async def ask(
             data.question, collection, k, history=history, should_stop=stop
         ),
         collection,
+        caller.name,
     )
     return Response(answer.to_json())
 

@@ -20,6 +20,7 @@ from web.auth import KeyRing, RateLimiter, provide_caller
 from web.csrf import csrf_middleware
 from web.documents import Library, document_routes
 from web.jobs import JobRunner, job_events, job_status
+from web.mcp import McpEndpoint
 from web.metrics import make_prometheus_config
 from web.models import ModelHost
 from web.openai_api import chat_completions, embeddings, list_models
@@ -30,6 +31,7 @@ def create_app(settings: Settings) -> Litestar:
     host = ModelHost(settings)
     jobs = JobRunner(settings)
     library = Library(settings)
+    mcp = McpEndpoint()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -65,9 +67,10 @@ def create_app(settings: Settings) -> Litestar:
             job_status,
             job_events,
             PrometheusController,
+            mcp.route,
         ],
         middleware=[prometheus.middleware, csrf_middleware(settings.storage.data_path)],
-        lifespan=[lifespan],
+        lifespan=[lifespan, mcp.lifespan],
         dependencies={"caller": Provide(provide_caller)},
         exception_handlers={RagError: error_response},
         # The JSON document only: the interactive renderers load scripts from public CDNs.

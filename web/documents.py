@@ -27,6 +27,7 @@ from web.models import ModelHost
 from web.uploads import receive_uploads, request_limit_bytes
 
 if TYPE_CHECKING:
+    from rag.records import Passage
     from rag.store import Store, StoredDocument
 
 T = TypeVar("T")
@@ -67,6 +68,9 @@ class Library:
 
     async def collections(self) -> list[str]:
         return await self._read(lambda: self._open().collections())
+
+    async def source_chunks(self, collection: str, source: str) -> list[Passage]:
+        return await self._read(lambda: self._open().source_chunks(collection, source))
 
 
 def _state(request: Request[Any, Any, Any]) -> tuple[Settings, Library, JobRunner]:
