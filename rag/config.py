@@ -102,6 +102,11 @@ class LlmSettings:
     served_model: str = ""
     api_key_env: str = "LLM_API_KEY"
     connect_timeout_s: float = 10.0
+    cache_dir: str = "~/.cache/rag/models"
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser()
 
 
 @dataclass(frozen=True)
