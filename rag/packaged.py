@@ -84,6 +84,12 @@ class PackagedModel:
             return self.header_path()
         return cache_path(cache_dir) / self.file_name
 
+    def ready(self, cache_dir: Path | None = None) -> bool:
+        """Whether path() would return at once: installed, and joined and verified already."""
+        if not self.installed():
+            return False
+        return len(self.parts) == 1 or _verified(self.joined_path(cache_dir), self.sha256)
+
     def path(self, cache_dir: Path | None = None) -> Path:
         """The model's verified GGUF file, joined into `cache_dir` on first use."""
         self._require_installed()
@@ -151,7 +157,7 @@ class PackagedModel:
                 else f"lacks {len(missing)} of its {len(self.parts)} packages"
             )
             raise ModelLoadError(
-                f"the packaged model {self.name} {which}: {self._reinstall(missing)}"
+                f"the packaged model {self.name} {which}: {self.install_command(missing)}"
             )
 
     def _reinstall(self, parts: tuple[Part, ...]) -> str:

