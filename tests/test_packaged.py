@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from rag.catalog import read_model_spec
 from rag.errors import ModelLoadError
 from rag.packaged import PackagedModel, Part, installed_models, packaged_model
 from rag.planner import weights_bytes
+from tests.conftest import RAG, rag_env
 
 
 def _package(root: Path, module: str, data: bytes) -> Part:
@@ -188,3 +190,63 @@ def test_an_unknown_gguf_quantization_is_refused_before_loading(tmp_path: Path) 
         load_gguf(path)
     with pytest.raises(ModelLoadError, match="Q5_K"):
         read_model_spec(str(path))
+
+
+QUESTION = [
+    {"role": "user", "content": "What is the capital of France? Answer in one short sentence."}
+]
+ANSWER_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def converted_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`rag models convert qwen2.5-coder-1.5b DIR` (the join goes to the default cache)."""
+    out = tmp_path_factory.mktemp("mlx") / "qwen"
+    done = subprocess.run(
+        [str(RAG), "models", "convert", "qwen2.5-coder-1.5b", str(out), "--json"],
+        env=rag_env(out.parent / "data"),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["method"] == "gguf" and report["bits"] == 4
+    return out
+
+
+@pytest.mark.slow
+def test_the_converted_qwen_answers_what_llama_cpp_answers(converted_qwen: Path) -> None:
+    import mlx.core as mx
+    import mlx_lm
+    from llama_cpp import Llama
+
+    from rag.cputune import tune_model
+    from rag.engine import model_path, render_chat
+
+    config = json.loads((converted_qwen / "config.json").read_text())
+    assert config["model_type"] == "qwen2"
+    # Q4_K layers stay 4-bit; the Q6_K ones (lm_head, some V and FFN-down) are 8-bit.
+    assert config["quantization"]["lm_head"] == {"group_size": 32, "bits": 8}
+
+    model, tokenizer = mlx_lm.load(str(converted_qwen))
+    tune_model(model)  # fp32 scales and split matmuls: the same dot products, faster on CPU
+    ids = render_chat(tokenizer._tokenizer, QUESTION)
+    ours: list[int] = []
+    tokens = mx.array(ids)
+    for token, _ in mlx_lm.generate.generate_step(
+        tokens, model, max_tokens=ANSWER_TOKENS, sampler=lambda logits: mx.argmax(logits, -1)
+    ):
+        ours.append(int(token))
+        if int(token) in tokenizer.eos_token_ids:
+            break
+
+    gguf = model_path("qwen2.5-coder-1.5b")
+    llama = Llama(model_path=str(gguf), n_ctx=128, n_threads=2, verbose=False)
+    theirs: list[int] = []
+    for token in llama.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
+        theirs.append(token)
+        if token == llama.token_eos() or len(theirs) == ANSWER_TOKENS:
+            break
+    assert "Paris" in tokenizer.decode(theirs)
+    assert ours == theirs
