@@ -183,18 +183,19 @@ def _q4_k_affine(path: Path, tensor: GgufTensor) -> tuple[Any, Any, Any]:
     scales = (d * sc).astype(np.float16).reshape(rows, cols // 32)
     biases = (-(dmin * m)).astype(np.float16).reshape(rows, cols // 32)
     del d, dmin, sc, m
-    # Each 32-byte chunk holds two sub-blocks: the low nibbles, then the high ones.
-    nibbles = raw[:, 16:].reshape(blocks, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(
-        1, 1, 2, 1
-    )
+    # Each 32-byte chunk holds two sub-blocks: the low nibbles, then the high ones. MLX
+    # packs eight 4-bit values into a uint32, the first in the lowest bits: so each 8 bytes
+    # (one uint64) give one uint32 of low nibbles and one of high ones, compacted in place.
+    words = np.ascontiguousarray(raw[:, 16:]).view("<u8").reshape(blocks, 4, 1, 4)
     del raw
-    values = (nibbles & np.uint8(0x0F)).reshape(-1, 8).astype(np.uint32)
-    del nibbles
-    # MLX packs eight 4-bit values into a uint32, the first in the lowest bits.
-    packed = values[:, 0].copy()
-    for i in range(1, 8):
-        packed |= values[:, i] << np.uint32(4 * i)
-    del values
+    nibble = np.uint64(0x0F0F0F0F0F0F0F0F)
+    x = np.concatenate([words & nibble, (words >> np.uint64(4)) & nibble], axis=2)
+    del words
+    for shift, mask in ((4, 0x00FF00FF00FF00FF), (8, 0x0000FFFF0000FFFF), (16, 0xFFFFFFFF)):
+        x |= x >> np.uint64(shift)
+        x &= np.uint64(mask)
+    packed = x.astype(np.uint32)
+    del x
     return mx.array(packed.reshape(rows, cols // 8)), mx.array(scales), mx.array(biases)
 
 

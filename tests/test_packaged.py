@@ -220,6 +220,7 @@ def test_the_converted_qwen_answers_what_llama_cpp_answers(converted_qwen: Path)
     import mlx.core as mx
     import mlx_lm
     from llama_cpp import Llama
+    from mlx_lm.generate import generate_step
 
     from rag.cputune import tune_model
     from rag.engine import model_path, render_chat
@@ -234,7 +235,7 @@ def test_the_converted_qwen_answers_what_llama_cpp_answers(converted_qwen: Path)
     ids = render_chat(tokenizer._tokenizer, QUESTION)
     ours: list[int] = []
     tokens = mx.array(ids)
-    for token, _ in mlx_lm.generate.generate_step(
+    for token, _ in generate_step(
         tokens, model, max_tokens=ANSWER_TOKENS, sampler=lambda logits: mx.argmax(logits, -1)
     ):
         ours.append(int(token))
