@@ -96,36 +96,43 @@ def load_gguf(
     import mlx.nn as nn
     from mlx_lm.models import llama, qwen2
 
-    try:
-        tensors = mx.load(str(path))
-    except (RuntimeError, ValueError) as e:
-        raise ModelLoadError(f"cannot load {path.name}: {e}") from e
-    if "rope_freqs.weight" in tensors:
+    if any(t.name == "rope_freqs.weight" for t in layout):
         # Llama 3.1+ files carry their rope scaling as per-frequency factors, which mlx_lm's
         # llama cannot take; a wrong rope still gives fluent but wrong text.
         raise ModelLoadError(f"{path.name} uses rope frequency factors, which are unsupported")
+    # mx.load only where its quantized triples are wanted: it would dequantize every K-quant
+    # tensor to fp16 first (3.5 GB for a 1.5B model), and Q4_K wrongly.
+    loaded: dict[str, Any] = {}
+    if any(t.ggml_type in KEPT_BITS for t in layout):
+        try:
+            loaded = mx.load(str(path))
+        except (RuntimeError, ValueError) as e:
+            raise ModelLoadError(f"cannot load {path.name}: {e}") from e
 
-    kinds = {t.name: t for t in layout}
     weights: dict[str, Any] = {}
     layer_bits: dict[str, int] = {}
-    for name in list(tensors):
-        array = tensors.pop(name)  # drop each fp16 copy as soon as it is replaced
-        mlx_name = _mlx_name(name)
-        kind = kinds[name].ggml_type if name in kinds else GGML_F32
-        if kind not in REQUANTIZED_BITS:
-            weights[mlx_name] = array
+    for tensor in layout:
+        mlx_name = _mlx_name(tensor.name)
+        if tensor.ggml_type not in REQUANTIZED_BITS:
+            if tensor.name in loaded:
+                weights[mlx_name] = loaded.pop(tensor.name)
+            else:
+                weights[mlx_name] = mx.array(_plain_tensor(path, tensor))
+            # A kept type arrives as a triple under the same stem.
+            stem = tensor.name.removesuffix(".weight")
+            for suffix in ("scales", "biases"):
+                if f"{stem}.{suffix}" in loaded:
+                    weights[_mlx_name(f"{stem}.{suffix}")] = loaded.pop(f"{stem}.{suffix}")
             continue
         layer = mlx_name.removesuffix(".weight")
-        bits = REQUANTIZED_BITS[kind]
-        if kind == GGML_Q4_K:
-            del array
-            triple = _q4_k_affine(path, kinds[name])
+        loaded.pop(tensor.name, None)
+        if tensor.ggml_type == GGML_Q4_K:
+            triple = _q4_k_affine(path, tensor)
         else:
-            triple = mx.quantize(array, group_size=GROUP_SIZE, bits=bits)
-        mx.eval(*triple)
+            triple = _q6_k_affine(path, tensor, REQUANTIZED_BITS[GGML_Q6_K])
         for suffix, part in zip(("weight", "scales", "biases"), triple, strict=True):
             weights[f"{layer}.{suffix}"] = part
-        layer_bits[layer] = bits
+        layer_bits[layer] = REQUANTIZED_BITS[tensor.ggml_type]
     layer_bits.update(_layer_bits(weights, skip=layer_bits))
     config["tie_word_embeddings"] = "lm_head.weight" not in weights
     if config["model_type"] == "llama":
@@ -197,6 +204,42 @@ def _q4_k_affine(path: Path, tensor: GgufTensor) -> tuple[Any, Any, Any]:
     packed = x.astype(np.uint32)
     del x
     return mx.array(packed.reshape(rows, cols // 8)), mx.array(scales), mx.array(biases)
+
+
+def _plain_tensor(path: Path, tensor: GgufTensor) -> Any:
+    """An F32 or F16 tensor, as stored."""
+    import numpy as np
+
+    dtype = np.float32 if tensor.ggml_type == GGML_F32 else np.float16
+    count = math.prod(tensor.shape)
+    array = np.fromfile(path, dtype=dtype, count=count, offset=tensor.offset)
+    return array.reshape(tensor.shape[::-1])
+
+
+def _q6_k_affine(path: Path, tensor: GgufTensor, bits: int) -> tuple[Any, Any, Any]:
+    """A Q6_K tensor quantized again as MLX affine `bits` in groups of 32, a few rows at a
+    time, so no more than ~64 MB of it is ever dequantized (groups never span rows)."""
+    import mlx.core as mx
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    block_values, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType.Q6_K]
+    cols = tensor.shape[0]
+    rows = math.prod(tensor.shape[1:])
+    row_bytes = cols // block_values * block_bytes
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=tensor.offset, shape=(rows, row_bytes))
+    step = max(1, (16 << 20) // cols)
+    parts: list[tuple[Any, Any, Any]] = []
+    for start in range(0, rows, step):
+        values = dequantize(np.asarray(raw[start : start + step]), GGMLQuantizationType.Q6_K)
+        triple = mx.quantize(mx.array(values, dtype=mx.float16), group_size=GROUP_SIZE, bits=bits)
+        mx.eval(*triple)
+        parts.append(triple)
+    del raw
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(mx.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
 
 def check_tensor_types(tensors: list[tuple[str, int, int]], path: Path) -> None:
