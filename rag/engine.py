@@ -600,10 +600,6 @@ def parse_stop(value: str) -> tuple[str, ...]:
     return tuple(s for s in value.split("|") if s)
 
 
-def bundled_model_path() -> Path:
-    return model_path("bundled")
-
-
 def model_path(spec: str, cache_dir: Path | None = None) -> Path:
     """The file or directory llm.model names: a packaged model's GGUF (rag.packaged; joined
     into `cache_dir`, llm.cache_dir, on first use) or a path."""

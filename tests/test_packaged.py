@@ -146,6 +146,25 @@ def test_make_install_installs_both_packaged_models() -> None:
     assert packaged_model("qwen2.5-coder-7b") is None
 
 
+def test_rag_models_list_shows_each_packaged_model(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(RAG), "models", "list", "--json"],
+        env=rag_env(tmp_path / "data", RAG_LLM_CACHE_DIR=str(tmp_path / "models")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {row["name"]: row for row in json.loads(done.stdout)}
+    qwen, smollm2 = rows["qwen2.5-coder-1.5b"], rows["smollm2-135m"]
+    assert qwen["installed"] and qwen["packages"] == 22 and qwen["size_bytes"] > 1e9
+    # Not joined into this empty cache yet: its path is where the first use puts it.
+    assert qwen["path"] == str(tmp_path / "models" / "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+    assert not qwen["ready"]
+    assert smollm2["aliases"] == ["bundled"] and smollm2["ready"]
+    assert Path(smollm2["path"]).stat().st_size == smollm2["size_bytes"]
+
+
 def test_the_qwen_spec_is_read_from_its_first_package_without_joining() -> None:
     spec = read_model_spec("qwen2.5-coder-1.5b")
     assert spec.name == "qwen2.5-coder-1.5b"
