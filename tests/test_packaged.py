@@ -250,7 +250,13 @@ def test_the_converted_qwen_answers_what_llama_cpp_answers(converted_qwen: Path)
     assert config["quantization"]["lm_head"] == {"group_size": 32, "bits": 8}
 
     model, tokenizer = mlx_lm.load(str(converted_qwen))
+    # The planner's weights, read from the GGUF header alone, are what MLX holds: as stored,
+    # and (on the CPU backend) with the fp32 scales rag's CPU tuning gives them.
+    spec = read_model_spec("qwen2.5-coder-1.5b")
+    assert _parameter_bytes(model) == weights_bytes(spec, "metal")
     tune_model(model)  # fp32 scales and split matmuls: the same dot products, faster on CPU
+    if mx.default_device() == mx.cpu:
+        assert _parameter_bytes(model) == weights_bytes(spec, "cpu")
     ids = render_chat(tokenizer._tokenizer, QUESTION)
     ours: list[int] = []
     tokens = mx.array(ids)
@@ -270,3 +276,9 @@ def test_the_converted_qwen_answers_what_llama_cpp_answers(converted_qwen: Path)
             break
     assert "Paris" in tokenizer.decode(theirs)
     assert ours == theirs
+
+
+def _parameter_bytes(model: object) -> int:
+    from mlx.utils import tree_flatten
+
+    return sum(array.nbytes for _, array in tree_flatten(model.parameters()))  # type: ignore[attr-defined]
