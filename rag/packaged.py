@@ -7,7 +7,7 @@ cache (llm.cache_dir), checks the joined file's sha256 before anything reads it,
 it into place, so a half-written or corrupt file is never loaded. The check is recorded next
 to the file (size and mtime), so later starts stat the file instead of rehashing a gigabyte.
 
-A single-file package (the bundled SmolLM2) is used where pip put it.
+A single-file package (the bundled SmolLM2) is used where pip put it, its size checked.
 """
 
 from __future__ import annotations
@@ -51,10 +51,6 @@ class PackagedModel:
     size_bytes: int
     parts: tuple[Part, ...]
     description: str
-
-    @property
-    def packages(self) -> tuple[str, ...]:
-        return tuple(part.package for part in self.parts)
 
     def installed(self) -> bool:
         """Whether every part is installed (cheap: nothing is read or hashed)."""
