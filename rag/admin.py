@@ -242,7 +242,51 @@ def restore(ctx: click.Context, src: Path, force: bool, as_json: bool) -> None:
 
 @click.group()
 def models() -> None:
-    """Model files: convert them for other engines."""
+    """Model files: the packaged models, and conversion for other engines."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.pass_context
+@handle_errors
+def models_list(ctx: click.Context, as_json: bool) -> None:
+    """The packaged models llm.model can name, installed or not.
+
+    A model split across packages is joined into llm.cache_dir on first use; until then
+    its path is where it will be.
+    """
+    from rag.packaged import PACKAGED_MODELS
+
+    cache_dir = cli_settings(ctx).llm.cache_path
+    rows = []
+    for model in PACKAGED_MODELS:
+        installed = model.installed()
+        path = model.joined_path(cache_dir) if installed else None
+        rows.append(
+            {
+                "name": model.name,
+                "aliases": list(model.aliases),
+                "installed": installed,
+                "size_bytes": model.size_bytes,
+                "path": str(path) if path else None,
+                "ready": model.ready(cache_dir),
+                "packages": len(model.parts),
+                "description": model.description,
+            }
+        )
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        names = ", ".join([row["name"], *row["aliases"]])
+        size = f"{row['size_bytes'] / 1e9:.2f} GB"
+        if not row["installed"]:
+            state = "not installed"
+        elif row["ready"]:
+            state = row["path"]
+        else:
+            state = f"installed; joined on first use into {row['path']}"
+        click.echo(f"{names:<28} {size:>8}  {state}")
 
 
 @models.command("convert")
@@ -256,18 +300,23 @@ def models() -> None:
     help="Quantization of a Hugging Face source (a GGUF keeps its own).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
 @handle_errors
-def models_convert(source: str, directory: Path, bits: str, as_json: bool) -> None:
+def models_convert(
+    ctx: click.Context, source: str, directory: Path, bits: str, as_json: bool
+) -> None:
     """Write an MLX model directory DIRECTORY from SOURCE.
 
-    SOURCE: "bundled", a .gguf file (Q4_0, Q4_1, Q8_0, F16 or F32; its weights are kept as
-    they are) or a Hugging Face model directory (quantized with mlx_lm). mlx_lm and
-    mlx_lm.server load the result (`mlx_lm.server --model DIRECTORY`), and so does
-    llm.model.
+    SOURCE: a packaged model ("bundled", "qwen2.5-coder-1.5b": rag models list), a .gguf
+    file (Q4_0, Q4_1, Q8_0, Q4_K_M, Q4_K_S, Q6_K, F16 or F32; Q4_K layers are kept
+    exactly as 4-bit, Q6_K ones become 8-bit) or a Hugging Face model directory (quantized
+    with mlx_lm). mlx_lm and mlx_lm.server load the result (`mlx_lm.server --model
+    DIRECTORY`), and so does llm.model.
     """
     from rag.modeldir import convert_model
 
-    done = convert_model(source, directory, bits=int(bits))
+    cache_dir = cli_settings(ctx).llm.cache_path
+    done = convert_model(source, directory, bits=int(bits), cache_dir=cache_dir)
     result = {
         "source": done.source,
         "directory": str(done.directory),

@@ -1,5 +1,6 @@
 """The popular mlx-community 4-bit instruct models as data, and `llm.model` resolved to a
-spec: the bundled GGUF, a local file or directory, a cached hub id, or a catalog entry.
+spec: a packaged model (rag.packaged), a local file or directory, a cached hub id, or a
+catalog entry.
 """
 
 from __future__ import annotations
@@ -90,13 +91,18 @@ def catalog_spec(name: str) -> ModelSpec | None:
 
 
 def read_model_spec(model: str) -> ModelSpec:
-    """The spec of `llm.model`: "bundled", a .gguf file, an MLX directory or a hub id.
+    """The spec of `llm.model`: a packaged model, a .gguf file, an MLX directory or a hub id.
 
-    A hub id is read from the local Hugging Face cache when it is there, else taken from
-    the catalog; nothing is downloaded.
+    A packaged model is read from the header its first package holds, without joining its
+    parts; a hub id from the local Hugging Face cache when it is there, else from the
+    catalog. Nothing is downloaded.
     """
     from rag.engine import model_path
+    from rag.packaged import packaged_model
 
+    packaged = packaged_model(model)
+    if packaged is not None:
+        return read_gguf_spec(packaged.header_path(), name=packaged.name)
     path = model_path(model)
     if path.suffix == ".gguf":
         return read_gguf_spec(path)
@@ -108,8 +114,9 @@ def read_model_spec(model: str) -> ModelSpec:
     spec = catalog_spec(model)
     if spec is None:
         raise ModelLoadError(
-            f"cannot plan llm.model = {model!r}: it is not a .gguf file, an MLX model "
-            "directory, a hub id in the local Hugging Face cache, or a model in the catalog"
+            f"cannot plan llm.model = {model!r}: it is not a packaged model, a .gguf file, an "
+            "MLX model directory, a hub id in the local Hugging Face cache, or a model in the "
+            "catalog"
         )
     return spec
 

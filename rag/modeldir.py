@@ -3,9 +3,10 @@
 `rag models convert` uses it so that tools that load MLX model directories, mlx_lm and
 mlx_lm.server among them, can serve the same model rag runs. Two kinds of source:
 
-- a GGUF file (or "bundled"): loaded by rag.gguf, which keeps the file's own quantization,
-  and saved as it is, so the directory holds the same 4-bit weights and answers the same
-  tokens;
+- a GGUF file or a packaged model ("bundled", "qwen2.5-coder-1.5b"): loaded by rag.gguf,
+  which keeps the file's Q4_0/Q4_1/Q8_0 layers as they are, repacks Q4_K ones exactly as
+  MLX 4-bit and re-quantizes Q6_K ones to 8 bits (all in groups of 32), and saved as it is,
+  so the directory holds the weights rag's own MLX engine runs and answers the same tokens;
 - a Hugging Face model directory (safetensors + config.json): quantized by mlx_lm's own
   converter.
 
@@ -34,8 +35,13 @@ class Conversion:
     method: str
 
 
-def convert_model(source: str, directory: Path, *, bits: int = 4) -> Conversion:
-    """Write the MLX model directory `directory` from `source`; it must not exist yet."""
+def convert_model(
+    source: str, directory: Path, *, bits: int = 4, cache_dir: Path | None = None
+) -> Conversion:
+    """Write the MLX model directory `directory` from `source`; it must not exist yet.
+
+    A packaged model split across packages is joined into `cache_dir` (llm.cache_dir) first.
+    """
     directory = Path(directory).expanduser()
     if directory.exists() and any(directory.iterdir()):
         raise UsageError(f"{directory} already exists and is not empty; give a new directory")
@@ -43,7 +49,7 @@ def convert_model(source: str, directory: Path, *, bits: int = 4) -> Conversion:
         raise UsageError(f"--bits {bits}: use 4 or 8")
     from rag.engine import model_path
 
-    path = model_path(source)
+    path = model_path(source, cache_dir)
     if not path.exists():
         raise UsageError(f"{source}: no such file or directory")
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +63,8 @@ def convert_model(source: str, directory: Path, *, bits: int = 4) -> Conversion:
             method = "mlx_lm"
         else:
             raise UsageError(
-                f"{source}: give a .gguf file, 'bundled', or a Hugging Face model directory"
+                f"{source}: give a .gguf file, a packaged model (rag models list), or a "
+                "Hugging Face model directory"
             )
         if directory.exists():
             directory.rmdir()  # empty, checked above

@@ -53,6 +53,9 @@ class ModelSpec:
     # GGUF files keep their norms in F32, which promotes every activation, and so the KV
     # cache, to fp32 on every backend.
     fp32_activations: bool = False
+    # Bytes of the weights as a GGUF file stores them (what llama.cpp holds: a Q4_K_M file
+    # mixes Q4_K and Q6_K, about 5 bits a weight); 0 for an MLX model.
+    gguf_weights_bytes: int = 0
 
     @property
     def params(self) -> int:
@@ -68,6 +71,11 @@ class ModelSpec:
         if not self.quantized_params:
             return 16
         return max(self.quantized_params, key=lambda item: item[1])[0]
+
+    @property
+    def gguf_bits_per_weight(self) -> float:
+        """Mean stored bits of a weight in the GGUF file (0.0 for an MLX model)."""
+        return self.gguf_weights_bytes * 8 / self.params if self.gguf_weights_bytes else 0.0
 
 
 def read_mlx_spec(directory: Path) -> ModelSpec:
@@ -154,26 +162,40 @@ def read_mlx_spec(directory: Path) -> ModelSpec:
     )
 
 
-def read_gguf_spec(path: Path) -> ModelSpec:
-    """Spec of a GGUF file from its header, as rag.gguf would load it (without loading it)."""
+def read_gguf_spec(path: Path, name: str | None = None) -> ModelSpec:
+    """Spec of a GGUF file from its header, as rag.gguf would load it (without loading it).
+
+    The quantized parameters are what MLX holds: the file's Q4_0/Q4_1/Q8_0 tensors as they
+    are, its Q4_K tensors repacked as 4-bit and its Q6_K ones as 8-bit, all in groups of 32.
+    `gguf_weights_bytes` is what the file's tensors take as stored (llama.cpp's footprint).
+    """
     if not path.is_file():
         raise ModelLoadError(f"GGUF model file not found: {path}")
-    # The loader's own metadata rules, so planning refuses exactly the files loading would.
-    from rag.gguf import GROUP_SIZE, _config_from_metadata
+    # The loader's own rules, so planning refuses exactly the files loading would.
+    from rag.gguf import (
+        GGML_F32,
+        GROUP_SIZE,
+        KEPT_BITS,
+        REQUANTIZED_BITS,
+        _config_from_metadata,
+        check_tensor_types,
+    )
 
     metadata, tensors = read_gguf_header(path)
     config = _config_from_metadata(metadata, path)
+    check_tensor_types(tensors, path)
     quantized: Counter[int] = Counter()
     dense_params = dense_bytes = 0
     for _name, ggml_type, count in tensors:
-        if ggml_type in _GGML_KEPT_BITS:
-            quantized[_GGML_KEPT_BITS[ggml_type]] += count
+        bits = KEPT_BITS.get(ggml_type) or REQUANTIZED_BITS.get(ggml_type)
+        if bits:
+            quantized[bits] += count
         else:
-            # mx.load keeps F32 as it is and turns every other type into fp16.
+            # mx.load keeps F32 as it is and F16 as fp16.
             dense_params += count
-            dense_bytes += count * (4 if ggml_type == _GGML_F32 else 2)
+            dense_bytes += count * (4 if ggml_type == GGML_F32 else 2)
     return ModelSpec(
-        name=path.stem,
+        name=name or path.stem,
         layers=config["num_hidden_layers"],
         hidden_size=config["hidden_size"],
         intermediate_size=config["intermediate_size"],
@@ -184,12 +206,25 @@ def read_gguf_spec(path: Path) -> ModelSpec:
         max_context_tokens=config["max_position_embeddings"],
         quantized_params=tuple(sorted(quantized.items())),
         group_size=GROUP_SIZE,
-        # mx.load unpacks Q4_0/Q4_1/Q8_0 blocks with fp16 scales and biases.
+        # mx.load unpacks Q4_0/Q4_1/Q8_0 blocks with fp16 scales and biases; mx.quantize
+        # gives the re-quantized K-quants the dtype of their fp16 values.
         scale_bytes=2,
         dense_params=dense_params,
         dense_stored_bytes=dense_bytes,
         fp32_activations=True,
+        gguf_weights_bytes=sum(gguf_tensor_bytes(kind, count) for _, kind, count in tensors),
     )
+
+
+def gguf_tensor_bytes(ggml_type: int, count: int) -> int:
+    """Bytes a GGUF tensor of `count` values takes as stored (its type's blocks)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        block_values, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError) as e:
+        raise ModelLoadError(f"unknown GGML tensor type {ggml_type}") from e
+    return count // block_values * block_bytes
 
 
 def read_gguf_header(path: Path) -> tuple[dict[str, Any], list[tuple[str, int, int]]]:
@@ -199,6 +234,20 @@ def read_gguf_header(path: Path) -> tuple[dict[str, Any], list[tuple[str, int, i
     ~100K strings) are skipped, not decoded, which is what makes gguf.GGUFReader take
     seconds on a file whose header is a few megabytes.
     """
+    metadata, tensors = read_gguf_layout(path)
+    return metadata, [(t.name, t.ggml_type, math.prod(t.shape)) for t in tensors]
+
+
+@dataclass(frozen=True)
+class GgufTensor:
+    name: str
+    ggml_type: int
+    shape: tuple[int, ...]  # GGUF order: the fastest-varying dimension first
+    offset: int  # of its data, from the start of the file
+
+
+def read_gguf_layout(path: Path) -> tuple[dict[str, Any], list[GgufTensor]]:
+    """read_gguf_header's metadata, with each tensor's shape and where its data lies."""
     try:
         with path.open("rb") as f:
             if f.read(4) != b"GGUF":
@@ -211,15 +260,18 @@ def read_gguf_header(path: Path) -> tuple[dict[str, Any], list[tuple[str, int, i
                 key = _gguf_string(f)
                 (kind,) = struct.unpack("<I", f.read(4))
                 metadata[key] = _gguf_value(f, kind)
-            tensors = []
+            entries = []
             for _ in range(tensor_count):
                 name = _gguf_string(f)
                 (dims,) = struct.unpack("<I", f.read(4))
                 shape = struct.unpack(f"<{dims}Q", f.read(8 * dims))
-                ggml_type, _offset = struct.unpack("<IQ", f.read(12))
-                tensors.append((name, ggml_type, math.prod(shape)))
+                ggml_type, offset = struct.unpack("<IQ", f.read(12))
+                entries.append((name, ggml_type, shape, offset))
+            alignment = int(metadata.get("general.alignment", 32))
+            data_start = -(-f.tell() // alignment) * alignment
     except (OSError, struct.error, UnicodeDecodeError, KeyError) as e:
         raise ModelLoadError(f"cannot read the GGUF header of {path.name}: {e}") from e
+    tensors = [GgufTensor(n, kind, shape, data_start + off) for n, kind, shape, off in entries]
     return metadata, tensors
 
 
@@ -279,9 +331,6 @@ def _sliding_layers(config: dict[str, Any], layers: int) -> tuple[int, int]:
     return 0, 0
 
 
-# GGML tensor types mx.load keeps quantized, with their bits (ggml.h's ggml_type numbering).
-_GGML_F32 = 0
-_GGML_KEPT_BITS = {2: 4, 3: 4, 8: 8}  # Q4_0, Q4_1, Q8_0
 # GGUF metadata value types: struct formats of the scalars; 8 is a string, 9 an array.
 _GGUF_SCALARS = {
     0: "<B",

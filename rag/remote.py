@@ -275,7 +275,7 @@ class _EventStream:
 def load_remote_engine(settings: LlmSettings) -> OpenAIEngine:
     """The `openai` engine: llm.model's tokenizer, generation at llm.base_url."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tokenizer, model_context = load_tokenizer(settings.model)
+    tokenizer, model_context = load_tokenizer(settings.model, settings.cache_path)
     api_key = os.environ.get(settings.api_key_env, "") if settings.api_key_env else ""
     engine = OpenAIEngine(
         settings.served_model or Path(settings.model).name,
@@ -330,27 +330,67 @@ def server_context_tokens(engine: OpenAIEngine) -> int | None:
     return None
 
 
-def load_tokenizer(model: str) -> tuple[PreTrainedTokenizerBase, int]:
-    """(tokenizer with its chat template, the model's maximum context) for llm.model."""
-    from transformers import AutoTokenizer
+def load_tokenizer(
+    model: str, cache_dir: Path | None = None
+) -> tuple[PreTrainedTokenizerBase, int]:
+    """(tokenizer with its chat template, the model's maximum context) for llm.model.
 
-    path = model_path(model)
+    llm.model may be a GGUF file (or a packaged model, joined into `cache_dir`) of any
+    architecture transformers can read the tokenizer of, a model or tokenizer-only
+    directory, or a hub id in the local Hugging Face cache: only the tokenizer is needed
+    here, never the weights.
+    """
+    path = model_path(model, cache_dir)
     try:
         if path.suffix == ".gguf":
-            from rag.gguf import _config_from_metadata, load_gguf_tokenizer
-            from rag.modelspec import read_gguf_header
+            tokenizer, context = _gguf_tokenizer(path)
+        else:
+            from transformers import AutoTokenizer
 
-            metadata = read_gguf_header(path)[0]
-            context = _config_from_metadata(metadata, path)["max_position_embeddings"]
-            template = metadata.get("tokenizer.chat_template")
-            return load_gguf_tokenizer(path, template), context
-        from rag.catalog import read_model_spec
+            name = str(path) if path.exists() else model
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+            if path.is_dir():
+                context = _directory_context(path)
+                if not context:
+                    raise ModelLoadError(
+                        f"{path} does not state the model's context length: add the served "
+                        "model's config.json (max_position_embeddings) next to the tokenizer"
+                    )
+            else:
+                from rag.catalog import read_model_spec
 
-        context = read_model_spec(model).max_context_tokens
-        name = str(path) if path.exists() else model
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+                context = read_model_spec(model).max_context_tokens
     except (OSError, ValueError, KeyError, ImportError) as e:
         raise ModelLoadError(f"cannot load the tokenizer of llm.model = {model!r}: {e}") from e
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"llm.model = {model!r} has no chat template to pack prompts with")
     return tokenizer, context
+
+
+def _gguf_tokenizer(path: Path) -> tuple[PreTrainedTokenizerBase, int]:
+    from rag.gguf import gguf_context_tokens, load_gguf_tokenizer
+    from rag.modelspec import read_gguf_header
+
+    metadata = read_gguf_header(path)[0]
+    context = gguf_context_tokens(metadata, path)
+    return load_gguf_tokenizer(path, metadata.get("tokenizer.chat_template")), context
+
+
+def _directory_context(directory: Path) -> int:
+    """The context a model or tokenizer directory states (config.json, else the tokenizer's
+    own limit); 0 when it states none."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    config = {**config, **(config.get("text_config") or {})}
+    for key in ("max_position_embeddings", "max_seq_len", "n_positions"):
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return config[key]
+    try:
+        tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    limit = tokenizer_config.get("model_max_length")
+    # transformers writes 1e30 there when the tokenizer has no limit of its own.
+    return int(limit) if isinstance(limit, int | float) and 0 < limit < 1e7 else 0

@@ -235,7 +235,7 @@ def test_serving_refuses_a_model_over_the_memory_limit_before_loading(tmp_path: 
     )
     assert done.returncode == 1
     message = done.stderr.strip()
-    assert message.startswith("error: SmolLM2-135M-Instruct.Q4_1 does not fit")
+    assert message.startswith("error: smollm2-135m does not fit")
     assert "hardware.memory_limit_gb" in message and "weights 110 MiB" in message
     assert "over the 154 MiB budget" in message
 
