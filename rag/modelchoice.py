@@ -126,9 +126,11 @@ def installed_candidates() -> list[tuple[str, ModelSpec]]:
     """Models usable here without a download, as (llm.model value, spec)."""
     from rag.catalog import cached_hub_ids, read_model_spec
     from rag.errors import RagError
+    from rag.packaged import installed_models
 
     found = []
-    for model in ["bundled", *sorted(cached_hub_ids())]:
+    packaged = [m.name for m in installed_models()]
+    for model in [*packaged, *sorted(cached_hub_ids())]:
         try:
             found.append((model, read_model_spec(model)))
         except RagError:

@@ -98,7 +98,7 @@ def activation_bytes(spec: ModelSpec, backend: str) -> int:
 
 def weights_bytes(spec: ModelSpec, backend: str) -> int:
     """Bytes the weights occupy once loaded."""
-    stored = getattr(spec, "gguf_weights_bytes", 0)  # the packaged-models branch adds it
+    stored = spec.gguf_weights_bytes
     if backend == LLAMACPP and stored:
         return stored  # llama.cpp holds a GGUF's tensors as the file stores them
     cpu = backend == "cpu"
