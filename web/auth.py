@@ -92,9 +92,9 @@ async def check_caller(connection: ASGIConnection[Any, Any, Any, Any], handler: 
     take `AUTH_ONLY`, so listing documents or polling a job spends none of the key's model
     requests.
     """
-    provider = handler.resolve_dependencies().get("caller")
-    if provider is None:
+    if "caller" not in handler.parsed_fn_signature.parameters:
         return
+    provider = handler.resolve_dependencies()["caller"]
     caller = await authenticate(connection)
     if provider.dependency is not AUTH_ONLY["caller"].dependency:
         connection.app.state.ratelimiter.take(caller.name)

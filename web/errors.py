@@ -98,7 +98,8 @@ def describe(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
 
 def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """The app's one exception handler."""
-    return _response(request.scope, exc, f"{request.method} {request.url.path}")
+    # From the scope: building request.url would parse the Host header, which may be junk.
+    return _response(request.scope, exc, f"{request.method} {request.scope.get('path', '')}")
 
 
 def _response(scope: Scope, exc: Exception, what: str) -> Response[dict[str, Any]]:
