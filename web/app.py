@@ -19,7 +19,7 @@ from web.api import ask, doctor, health, memory_plan, ready, search
 from web.auth import KeyRing, RateLimiter, check_caller, provide_caller
 from web.csrf import csrf_middleware
 from web.documents import Library, document_routes
-from web.errors import JsonTooDeepError, error_response
+from web.errors import JsonTooDeepError, error_response, refuse_html_errors
 from web.hosts import host_middleware
 from web.jobs import JobRunner, job_events, job_status
 from web.metrics import MetricsController, make_prometheus_config
@@ -135,6 +135,7 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={"caller": Provide(provide_caller)},
         # One handler for every error, ours and Litestar's (404, 405, 413, validation, ...).
         exception_handlers={Exception: error_response},
+        after_request=refuse_html_errors,
         # The JSON document only: the interactive renderers load scripts from public CDNs.
         openapi_config=OpenAPIConfig(
             title="rag", version="0.1.0", path="/schema", render_plugins=[JsonRenderPlugin()]

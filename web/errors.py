@@ -67,6 +67,9 @@ def _validation_message(exc: ValidationException) -> str:
     for p in problems:
         if isinstance(p, dict):
             key = p.get("key")
+            if key == "data" and p.get("message") == "'data'":  # Litestar's word for "no body"
+                parts.append("a JSON request body is required")
+                continue
             parts.append(f"{key}: {p.get('message')}" if key else str(p.get("message")))
     detail = "invalid request"
     return f"{detail}: {'; '.join(parts)}" if parts else f"{detail}: {exc.detail}"
@@ -94,6 +97,18 @@ def describe(exc: Exception) -> tuple[int, str, str, dict[str, str]]:
     if retry_after is not None and status in (429, 503):
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return status, kind, message, headers
+
+
+def refuse_html_errors(response: Response[Any]) -> Response[Any]:
+    """The app's after_request hook: an error page a handler returned becomes an exception.
+
+    Litestar's OpenAPI routes answer an unknown /schema/... path with an HTML 404 page of
+    their own; raised instead, it reaches `error_response` like every other error.
+    """
+    media_type = getattr(response.media_type, "value", response.media_type)  # an enum or a str
+    if (response.status_code or 200) >= 400 and str(media_type).startswith("text/html"):
+        raise HTTPException(status_code=response.status_code, detail="Not Found")
+    return response
 
 
 def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
