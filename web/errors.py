@@ -1,9 +1,10 @@
-"""Every error the app can answer, in one shape: `{"error": {"type", "message", "request_id"}}`.
+"""Every error the app can answer, in one shape: `{"error": {"type", "message"}}`.
 
 One exception handler takes them all: our RagError family, Litestar's own HTTP exceptions
 (validation, malformed or oversize bodies, unknown routes, wrong methods) and anything else,
-which is a 500 logged with the request id that the client gets back too (`X-Request-Id` and
-the body), so a user's report can be matched to the log line.
+which is a 500 logged with the request id. Every error carries the id in `X-Request-Id`;
+a 5xx also has it in the body (`request_id`), so a user's report matches the log line. A
+4xx body holds nothing per request: the same refusal reads the same every time.
 """
 
 from __future__ import annotations
@@ -126,5 +127,8 @@ def _response(scope: Scope, exc: Exception, what: str) -> Response[dict[str, Any
     elif status >= 500:
         log.warning("request %s: %s: %s", rid, what, message)
     headers["X-Request-Id"] = rid
-    body = {"error": {"type": kind, "message": message, "request_id": rid}}
+    error = {"type": kind, "message": message}
+    if status >= 500:
+        error["request_id"] = rid  # what the user quotes when reporting it
+    body = {"error": error}
     return Response(body, status_code=status, headers=headers)

@@ -67,7 +67,8 @@ def check_scrape_token(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -
     sent = header[7:].strip() if header.lower().startswith("bearer ") else ""
     if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
         raise AuthError(
-            "/metrics needs the scrape token: 'Authorization: Bearer <server.metrics_token>'"
+            "/metrics needs the scrape token, not an API key: "
+            "'Authorization: Bearer <server.metrics_token>'"
             + ("" if expected else " (none is set, so /metrics is closed)")
         )
 
