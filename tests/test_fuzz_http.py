@@ -186,7 +186,7 @@ def test_every_route_is_in_the_fuzzed_table(client: TestClient[Litestar]) -> Non
 
 
 @settings(
-    max_examples=200,
+    max_examples=300,
     derandomize=True,
     database=None,
     deadline=None,
