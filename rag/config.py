@@ -129,6 +129,7 @@ class ServerSettings:
     upload_max_files: int = 32
     upload_max_request_mb: int = 256
     max_ingest_jobs: int = 8
+    metrics_token: str = ""
 
     @property
     def allowed_host_list(self) -> list[str]:

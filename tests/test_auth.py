@@ -91,7 +91,8 @@ def test_a_key_for_one_collection_never_sees_another(keyed: dict) -> None:
     models = {m["id"] for m in _get(keyed, "/v1/models", "b").json()["data"]}
     assert "other" in models and "default" not in models
     chat = {"model": "default", "messages": [{"role": "user", "content": "vacation?"}]}
-    assert _post(keyed, "/v1/chat/completions", chat, "b").status_code == 404
+    # The same 403 as the REST routes: outside the key's scope, existing or not.
+    assert _post(keyed, "/v1/chat/completions", chat, "b").status_code == 403
     # Team A sees its own collection and nothing of B's.
     hits = _post(keyed, "/api/search", {"query": "secret project"}, "a").json()["hits"]
     assert hits and not any("Bluefin" in h["text"] for h in hits)

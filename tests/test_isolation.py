@@ -33,9 +33,11 @@ CANARY = "CANARY-ALPHA-5f3e"
 ALPHA_DOC = f"# Alpha launch\nThe alpha launch code is heliotrope, {CANARY}.\n".encode()
 BETA_DOC = b"# Beta launch\nThe beta team ships the harbor release on Friday.\n"
 QUESTION = "What is the alpha launch code heliotrope?"
-# Open to anyone: liveness, readiness, the page shell, the OpenAPI document and the
-# Prometheus scrape (counters labelled by key and collection name, never content).
+# Open to anyone: liveness, readiness, the page shell and the OpenAPI document.
 PUBLIC = "public"
+# The Prometheus scrape: its labels name keys and collections, so with keys it needs the
+# scrape token (server.metrics_token), which no API key is.
+SCRAPE = "scrape token"
 # Needs a key but holds no collection data (the machine's plan, health checks, embeddings
 # of the caller's own text).
 KEY_ONLY = "key only"
@@ -59,7 +61,7 @@ ROUTES: dict[tuple[str, str], Any] = {
     ("GET", "/"): PUBLIC,
     ("GET", "/health"): PUBLIC,
     ("GET", "/ready"): PUBLIC,
-    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/metrics"): SCRAPE,
     ("GET", "/schema"): PUBLIC,
     ("GET", "/schema/openapi.json"): PUBLIC,
     ("GET", "/schema/{path}"): PUBLIC,
@@ -260,7 +262,7 @@ def test_what_b_lists_holds_nothing_of_a(tenants: dict[str, Any]) -> None:
     listed = _call(base, b, "GET", "/api/documents", {"params": {"collection": "beta"}}).json()
     assert [d["source"] for d in listed["documents"]] == ["beta-launch.md"]
     for (method, route), kind in ROUTES.items():
-        if kind in (PUBLIC, KEY_ONLY) and "{" not in route:
+        if kind in (PUBLIC, KEY_ONLY, SCRAPE) and "{" not in route:
             assert CANARY not in _call(base, b, method, route, {}).text
 
 

@@ -12,7 +12,8 @@ import msgspec
 from litestar import Request, get, post
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 
-from rag.errors import RagError, UsageError
+from rag.answer import Answerer
+from rag.errors import NotFoundError, RagError, UsageError
 from rag.records import Answer, Delta
 from web.auth import AUTH_ONLY, Caller
 from web.models import ModelHost
@@ -43,6 +44,22 @@ class AskRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 def _host(request: Request[Any, Any, Any]) -> ModelHost:
     return request.app.state.models
+
+
+async def readable_collection(
+    host: ModelHost, answerer: Answerer, caller: Caller, name: str, missing: str = ""
+) -> str:
+    """`name` if the caller may read it and it exists, on every route that reads one.
+
+    Outside the key's scope: 403, the same whether the collection exists or not. In scope
+    but holding no documents (the default collection aside, which always exists): 404.
+    """
+    caller.require(name)
+    if name != host.settings.storage.collection and name not in await host.run(
+        answerer.store.collections
+    ):
+        raise NotFoundError(missing or f"no collection {name!r}; GET /api/collections lists them")
+    return name
 
 
 @get("/health", summary="Liveness: the process answers")
@@ -79,7 +96,9 @@ async def ask(
     if not data.question.strip():
         raise UsageError("question is empty")
     settings = host.settings
-    collection = caller.require(data.collection or settings.storage.collection)
+    collection = await readable_collection(
+        host, answerer, caller, data.collection or settings.storage.collection
+    )
     k = data.k or settings.retrieval.k
     history = [{"role": t.role, "content": t.content} for t in data.history]
     if data.stream:
@@ -138,7 +157,9 @@ async def search(
 ) -> dict[str, Any]:
     host = _host(request)
     answerer = host.require()
-    collection = caller.require(data.collection or host.settings.storage.collection)
+    collection = await readable_collection(
+        host, answerer, caller, data.collection or host.settings.storage.collection
+    )
     hits = await host.run(
         answerer.search, data.query, collection, data.k or host.settings.retrieval.k
     )
@@ -158,9 +179,3 @@ async def _stream_events(
     except RagError as e:
         error = {"type": type(e).__name__, "message": e.message}
         yield ServerSentEventMessage(event="error", data=json.dumps({"error": error}))
-
-
-def error_response(_: Request[Any, Any, Any], exc: RagError) -> Response[dict[str, Any]]:
-    body = {"error": {"type": type(exc).__name__, "message": exc.message}}
-    headers = {"Retry-After": "5"} if exc.http_status == 503 else None
-    return Response(body, status_code=exc.http_status, headers=headers)

@@ -2,29 +2,79 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
-from litestar import Litestar
-from litestar.config.allowed_hosts import AllowedHostsConfig
+from litestar import Litestar, Request
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.plugins.prometheus import PrometheusController
 
 from rag.config import Settings
-from rag.errors import RagError
-from web.api import ask, doctor, error_response, health, memory_plan, ready, search
-from web.auth import KeyRing, RateLimiter, provide_caller
+from web.api import ask, doctor, health, memory_plan, ready, search
+from web.auth import KeyRing, RateLimiter, check_caller, provide_caller
 from web.csrf import csrf_middleware
 from web.documents import Library, document_routes
+from web.errors import JsonTooDeepError, error_response, refuse_html_errors
+from web.hosts import host_middleware
 from web.jobs import JobRunner, job_events, job_status
 from web.mcp import McpEndpoint
-from web.metrics import make_prometheus_config
+from web.metrics import MetricsController, make_prometheus_config
 from web.models import ModelHost
 from web.openai_api import chat_completions, embeddings, list_models
 from web.page import index, load_page
+
+# Signals on which a server (uvicorn) shuts down gracefully.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class ApiRequest(Request[Any, Any, Any]):
+    """A request whose JSON body nested past the decoder's depth is a 400, not a crash."""
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except RecursionError:
+            raise JsonTooDeepError("the JSON body is nested too deeply") from None
+
+    async def msgpack(self) -> Any:
+        try:
+            return await super().msgpack()
+        except RecursionError:
+            raise JsonTooDeepError("the MessagePack body is nested too deeply") from None
+
+
+def _on_stop_signals(begin_shutdown: Callable[[], None]) -> Callable[[], None]:
+    """Run `begin_shutdown` first when the server's own stop signal handlers run.
+
+    uvicorn's handler only stops taking connections, then waits for the open responses;
+    a stream in the middle of a long generation would hold the process for its whole
+    length. Returns the function that puts the server's handlers back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signals go to the main thread only (test clients run elsewhere)
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def handler(signum: int, frame: Any) -> None:
+        begin_shutdown()
+        server_handler = previous[signum]
+        if callable(server_handler):
+            server_handler(signum, frame)
+
+    for sig, server_handler in previous.items():
+        if callable(server_handler):  # a server that handles it; otherwise it ends us anyway
+            signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, server_handler in previous.items():
+            if callable(server_handler) and signal.getsignal(sig) is handler:
+                signal.signal(sig, server_handler)
+
+    return restore
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -32,6 +82,10 @@ def create_app(settings: Settings) -> Litestar:
     jobs = JobRunner(settings)
     library = Library(settings)
     mcp = McpEndpoint()
+
+    def begin_shutdown() -> None:
+        host.stopping.set()
+        jobs.stopping.set()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -41,11 +95,14 @@ def create_app(settings: Settings) -> Litestar:
         app.state.jobs = jobs
         app.state.library = library
         app.state.page = load_page()
+        restore_signals = _on_stop_signals(begin_shutdown)
         host.start()
         jobs.start()
         try:
             yield
         finally:
+            begin_shutdown()
+            restore_signals()
             jobs.close()
             library.close()
             host.close()
@@ -66,13 +123,22 @@ def create_app(settings: Settings) -> Litestar:
             *document_routes(settings),
             job_status,
             job_events,
-            PrometheusController,
+            MetricsController,
             mcp.route,
         ],
-        middleware=[prometheus.middleware, csrf_middleware(settings.storage.data_path)],
+        middleware=[
+            host_middleware(settings.server.allowed_host_list),
+            prometheus.middleware,
+            csrf_middleware(settings.storage.data_path),
+        ],
         lifespan=[lifespan, mcp.lifespan],
+        request_class=ApiRequest,
+        # Authentication runs as a guard: before the body is read or parsed.
+        guards=[check_caller],
         dependencies={"caller": Provide(provide_caller)},
-        exception_handlers={RagError: error_response},
+        # One handler for every error, ours and Litestar's (404, 405, 413, validation, ...).
+        exception_handlers={Exception: error_response},
+        after_request=refuse_html_errors,
         # The JSON document only: the interactive renderers load scripts from public CDNs.
         openapi_config=OpenAPIConfig(
             title="rag", version="0.1.0", path="/schema", render_plugins=[JsonRenderPlugin()]
@@ -80,9 +146,6 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=1_000_000,
         # An upload's files plus a few fields; past this the parser stops reading (413).
         multipart_form_part_limit=settings.server.upload_max_files + 8,
-        allowed_hosts=AllowedHostsConfig(
-            allowed_hosts=settings.server.allowed_host_list, www_redirect=False
-        ),
         cors_config=(
             CORSConfig(allow_origins=settings.server.cors_origin_list)
             if settings.server.cors_origin_list

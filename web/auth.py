@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.di import Provide
 
 from rag.apikeys import ApiKey, find_key, load_keys
@@ -66,39 +67,58 @@ class RateLimiter:
         tokens, last = self._buckets.get(name, (float(self.per_min), now))
         tokens = min(float(self.per_min), tokens + (now - last) * self.per_min / 60)
         if tokens < 1:
-            raise RateLimitedError(
+            error = RateLimitedError(
                 f"more than {self.per_min} requests a minute (server.rate_limit_per_min); slow down"
             )
+            # Until the bucket holds a whole token again (sent as Retry-After).
+            error.retry_after_s = (1 - tokens) * 60 / self.per_min  # type: ignore[attr-defined]
+            raise error
         self._buckets[name] = (tokens - 1, now)
 
 
-def _token(request: Request[Any, Any, Any]) -> str | None:
-    header = request.headers.get("authorization", "")
+def _token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    header = connection.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:].strip()
-    return request.headers.get("x-api-key")
+    return connection.headers.get("x-api-key")
+
+
+async def check_caller(connection: ASGIConnection[Any, Any, Any, Any], handler: Any) -> None:
+    """The app's guard: authenticate (and rate-limit) before anything reads the body.
+
+    Guards run before Litestar parses a request body, so a request without a valid key is a
+    401 however malformed or large its body, and costs nothing to refuse. Routes that take
+    no `caller` are public. Routes that do not use the models (documents, jobs, the plan)
+    take `AUTH_ONLY`, so listing documents or polling a job spends none of the key's model
+    requests.
+    """
+    if "caller" not in handler.parsed_fn_signature.parameters:
+        return
+    provider = handler.resolve_dependencies()["caller"]
+    caller = await authenticate(connection)
+    if provider.dependency is not AUTH_ONLY["caller"].dependency:
+        connection.app.state.ratelimiter.take(caller.name)
+    connection.state.caller = caller
 
 
 async def provide_caller(request: Request[Any, Any, Any]) -> Caller:
-    """The dependency every model route takes: authenticates and rate-limits the request."""
-    caller = await authenticate(request)
-    request.app.state.ratelimiter.take(caller.name)
-    return caller
+    """The `caller` dependency: who the guard found behind the request."""
+    return request.state.caller
 
 
-async def authenticate(request: Request[Any, Any, Any]) -> Caller:
-    """The caller behind the request's key (401 without a valid one), not rate-limited.
+async def known_caller(request: Request[Any, Any, Any]) -> Caller:
+    """The same, as its own function: the guard tells AUTH_ONLY routes by it."""
+    return request.state.caller
 
-    Routes that do not use the models (documents, jobs, the plan) take this instead of
-    `provide_caller`, so that listing documents or polling a job spends none of the
-    key's model requests.
-    """
-    ring: KeyRing = request.app.state.keyring
+
+async def authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
+    """The caller behind the request's key (401 without a valid one), not rate-limited."""
+    ring: KeyRing = connection.app.state.keyring
     keys = ring.keys()
     if not keys:
         caller = Caller(ANONYMOUS, None)
     else:
-        token = _token(request)
+        token = _token(connection)
         key = find_key(keys, token) if token else None
         if key is None:
             raise AuthError(
@@ -110,4 +130,4 @@ async def authenticate(request: Request[Any, Any, Any]) -> Caller:
 
 
 # Handler-level override of the app's `caller` dependency: the key check alone.
-AUTH_ONLY = {"caller": Provide(authenticate)}
+AUTH_ONLY = {"caller": Provide(known_caller)}

@@ -122,6 +122,7 @@ class JobRunner:
         self._lock = threading.Lock()  # guards the jobs and their fields across threads
         self._jobs: OrderedDict[str, IngestJob] = OrderedDict()
         self._store: Store | None = None
+        self.stopping = threading.Event()  # set on SIGTERM: event streams end
 
     def start(self) -> None:
         track_ingest(
@@ -131,6 +132,7 @@ class JobRunner:
         )
 
     def close(self) -> None:
+        self.stopping.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- on the event loop: cheap, never blocking ----------------------------------------
@@ -356,7 +358,8 @@ async def job_events(
 async def _watch(runner: JobRunner, job: IngestJob) -> AsyncIterator[ServerSentEventMessage]:
     seen = -1
     quiet_since = time.monotonic()
-    while True:
+    # A shutdown ends the stream (the page's EventSource reconnects to the next server).
+    while not runner.stopping.is_set():
         version, body, finished = runner.snapshot(job)
         if version != seen or finished:
             seen = version

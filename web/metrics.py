@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
+from typing import Any
 
-from litestar.plugins.prometheus import PrometheusConfig
+from litestar.connection import ASGIConnection
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from prometheus_client import Counter, Gauge, Histogram
 
+from rag.errors import AuthError
 from rag.records import Answer
 
 # Metric objects live in prometheus_client's process-wide registry, so they are created once
@@ -48,6 +52,29 @@ INGEST_FILES = Counter(
     ["outcome"],
 )
 INGEST_CHUNKS = Counter("rag_ingest_chunks", "Chunks embedded by upload ingest jobs.")
+
+
+def check_scrape_token(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:
+    """With API keys, /metrics answers only the scrape token (server.metrics_token).
+
+    Its labels name API keys and collections, which a caller of another team must not learn.
+    Without keys the service answers this machine only, and /metrics is open.
+    """
+    if not connection.app.state.keyring.keys():
+        return
+    expected = connection.app.state.models.settings.server.metrics_token
+    header = connection.headers.get("authorization", "")
+    sent = header[7:].strip() if header.lower().startswith("bearer ") else ""
+    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise AuthError(
+            "/metrics needs the scrape token, not an API key: "
+            "'Authorization: Bearer <server.metrics_token>'"
+            + ("" if expected else " (none is set, so /metrics is closed)")
+        )
+
+
+class MetricsController(PrometheusController):
+    guards = [check_scrape_token]  # noqa: RUF012 (Litestar's layer attribute)
 
 
 def make_prometheus_config() -> PrometheusConfig:

@@ -34,6 +34,9 @@ log = logging.getLogger("rag.web")
 
 # How soon the service sees documents that `rag ingest` wrote from another process.
 READ_CONSISTENCY_S = 1.0
+# How long shutdown waits for the generation thread to finish its step.
+CLOSE_WAIT_S = 2.0
+SHUTTING_DOWN = "the service is shutting down; retry in a few seconds"
 _END = object()
 
 
@@ -65,6 +68,9 @@ class ModelHost:
         self._holding = threading.local()
         self.concurrency = 1
         self._ledger = UsageLedger(settings.storage.data_path)
+        # Set on SIGTERM: every request's should_stop sees it, so generations end at their
+        # next step (a prefill chunk or a token) and the server can exit.
+        self.stopping = threading.Event()
 
     def start(self) -> None:
         track_queue_depth(lambda: self._admitted)
@@ -130,6 +136,8 @@ class ModelHost:
         return self._admitted
 
     def _admit(self) -> _Slot:
+        if self.stopping.is_set():
+            raise NotReadyError(SHUTTING_DOWN)
         limit = self.settings.server.max_queue
         if self._admitted >= limit:
             raise OverloadedError(
@@ -204,7 +212,7 @@ class ModelHost:
         stop = threading.Event()
 
         def should_stop() -> bool:
-            return stop.is_set() or time.monotonic() > deadline
+            return stop.is_set() or self.stopping.is_set() or time.monotonic() > deadline
 
         def produce() -> None:
             try:
@@ -253,6 +261,8 @@ class ModelHost:
         if final is None:
             raise RagError("generation ended without an answer")
         if final.finish_reason == "cancelled":
+            if self.stopping.is_set():
+                raise NotReadyError(SHUTTING_DOWN)
             # The caller is still waiting, so only the deadline can have stopped it.
             raise DeadlineError(
                 "the request ran past server.request_timeout_s = "
@@ -261,6 +271,14 @@ class ModelHost:
         return final
 
     def close(self) -> None:
+        self.stopping.set()
         if self.answerer is not None:
-            self.answerer.engine.stop_batching()
+            # The generation thread leaves at its next step; a step is at most one prefill
+            # chunk, which on a slow CPU can take seconds. It is a daemon thread: exit need
+            # not wait for it longer than this.
+            closer = threading.Thread(
+                target=self.answerer.engine.stop_batching, name="rag-close", daemon=True
+            )
+            closer.start()
+            closer.join(CLOSE_WAIT_S)
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -17,9 +17,9 @@ import msgspec
 from litestar import Request, get, post
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 
-from rag.answer import Answerer
 from rag.errors import NotFoundError, RagError, UsageError
 from rag.records import Answer, Delta
+from web.api import readable_collection
 from web.auth import Caller
 from web.models import ModelHost
 
@@ -113,7 +113,13 @@ async def chat_completions(
                 stop=stops,
             )
     else:
-        collection = await _collection(host, answerer, caller, data.model)
+        collection = await readable_collection(
+            host,
+            answerer,
+            caller,
+            data.model,
+            f"model {data.model!r} is neither a collection nor the LLM; GET /v1/models lists them",
+        )
         *earlier, last = data.messages
         if last.role != "user" or not _text(last).strip():
             raise UsageError("the last message must be a non-empty user message")
@@ -160,18 +166,6 @@ async def chat_completions(
             "rewritten_query": answer.rewritten_query,
             "dropped": answer.dropped,
         }
-    )
-
-
-async def _collection(host: ModelHost, answerer: Answerer, caller: Caller, model: str) -> str:
-    # Outside the key's scope reads exactly like a collection that does not exist.
-    if caller.visible([model]):
-        if model == host.settings.storage.collection:
-            return model
-        if model in await host.run(answerer.store.collections):
-            return model
-    raise NotFoundError(
-        f"model {model!r} is neither a collection nor the LLM; GET /v1/models lists them"
     )
 
 
