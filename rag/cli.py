@@ -433,7 +433,7 @@ def _eval_runners(settings: Settings, collection: str, generate: bool) -> tuple[
         return retriever.search(rewritten or q.question, collection, max(DEPTH, r.k)), rewritten
 
     def is_refused(query: str, passages: list[Any]) -> bool:
-        return not is_relevant(passages[: r.k], r.min_score, query)
+        return not is_relevant(passages[: r.k], r.min_score, query, r.word_weight)
 
     # Answers given so far, by the questions of the conversation up to them: a follow-up is
     # asked after its earlier questions were answered, with those answers as its history.

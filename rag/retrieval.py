@@ -39,6 +39,7 @@ from rag.config import RetrievalSettings
 from rag.conversation import content_words
 from rag.embedder import Embedder
 from rag.errors import UsageError
+from rag.packing import merge_adjacent
 from rag.records import Passage
 from rag.store import Store
 
@@ -63,21 +64,82 @@ class Retriever:
     def search_by(
         self, query: str, vector: np.ndarray, collection: str, k: int, mode: str | None = None
     ) -> list[Passage]:
-        """`search` with the query's embedding already computed."""
+        """`search` with the query's embedding already computed. Modes: "hybrid" (both
+        legs fused), "vector", "keyword" (BM25 only); each shaped by `diversify`."""
         mode = mode or self.settings.mode
         wanted = max(k, self.settings.candidates)
-        by_vector = self.store.search(collection, vector, wanted)
+        by_vector = [] if mode == "keyword" else self.store.search(collection, vector, wanted)
         if mode == "vector":
-            return by_vector[:k]
-        by_text = self.store.text_search(collection, query, wanted, vector)
-        fused = fuse([by_vector, by_text], [1.0, self.settings.text_weight], self.settings.rrf_k)
-        return fused[:k]
+            ranked = by_vector
+        else:
+            by_text = self.store.keyword_search(collection, query, wanted, vector)
+            if mode == "keyword":
+                ranked = [p for p, _ in by_text]
+            else:
+                ranked = fuse_scores(by_vector, by_text, text_share(query, self.settings))
+        return diversify(ranked, k, self.settings.max_per_document)
+
+
+# Openings of a question in natural language; a query without one (and without "?") is
+# typed like a search box and leans on the keyword leg.
+_QUESTION = re.compile(
+    r"^(what|how|why|when|where|which|who|whom|whose|is|are|was|were|am|can|could|should|"
+    r"would|will|do|does|did|may|might|must|shall|has|have|i|i'm|my|please|tell|explain)\b",
+    re.IGNORECASE,
+)
+
+
+def is_keyword_query(query: str) -> bool:
+    """Whether `query` reads like search-box keywords rather than a question."""
+    query = query.strip()
+    return not (query.endswith("?") or _QUESTION.match(query))
+
+
+def text_share(query: str, settings: RetrievalSettings) -> float:
+    """The keyword leg's share of the fused score for this query (the vector leg has the
+    rest): `keyword_text_weight` for keyword-like queries, `text_weight` for questions."""
+    return settings.keyword_text_weight if is_keyword_query(query) else settings.text_weight
+
+
+def fuse_scores(
+    by_vector: Sequence[Passage], by_text: Sequence[tuple[Passage, float]], text_share: float
+) -> list[Passage]:
+    """Score-aware fusion: each candidate's cosine (min-max scaled over the candidates) and
+    its BM25 score (divided by the best one; 0 where the keyword leg missed it), weighed
+    (1 - text_share) and text_share. Every candidate has a cosine, whichever leg found it,
+    so a keyword hit that is far from the question in meaning cannot outrank a close one
+    on rank alone, as it can with reciprocal-rank fusion. Ties keep the vector leg's order.
+    """
+    cosine: dict[str, float] = {}
+    first: dict[str, Passage] = {}
+    for p in by_vector:
+        cosine[p.chunk_id] = p.score
+        first.setdefault(p.chunk_id, p)
+    bm25: dict[str, float] = {}
+    for p, score in by_text:
+        cosine[p.chunk_id] = p.score
+        bm25[p.chunk_id] = max(score, 0.0)
+        first.setdefault(p.chunk_id, p)
+    if not first:
+        return []
+    low, high = min(cosine.values()), max(cosine.values())
+    spread = high - low
+    best_bm25 = max(bm25.values(), default=0.0)
+
+    def fused(chunk_id: str) -> float:
+        near = (cosine[chunk_id] - low) / spread if spread > 0 else 1.0
+        words = bm25.get(chunk_id, 0.0) / best_bm25 if best_bm25 > 0 else 0.0
+        return (1.0 - text_share) * near + text_share * words
+
+    order = sorted(first, key=lambda chunk_id: -fused(chunk_id))
+    return [first[chunk_id] for chunk_id in order]
 
 
 def fuse(
     rankings: Sequence[Sequence[Passage]], weights: Sequence[float], rrf_k: float
 ) -> list[Passage]:
-    """Weighted reciprocal-rank fusion of ranked passage lists; ties keep the first list's order."""
+    """Weighted reciprocal-rank fusion of ranked passage lists; ties keep the first list's
+    order. Kept to compare against in bench/retrieval.py."""
     scores: dict[str, float] = {}
     first: dict[str, Passage] = {}
     for ranking, weight in zip(rankings, weights, strict=True):
@@ -88,16 +150,83 @@ def fuse(
     return [first[chunk_id] for chunk_id in order]
 
 
-def is_relevant(passages: Sequence[Passage], min_score: float, query: str = "") -> bool:
-    """Whether the passages are worth answering from: one is at least `min_score` similar
-    to the query, or one holds every content word of the query (short keyword queries such
-    as a command name embed poorly but match exactly)."""
-    if any(p.score >= min_score for p in passages):
-        return True
-    wanted = {_stem(part) for word in content_words(query) for part in _WORD.findall(word)}
-    return bool(wanted) and any(
-        wanted <= {_stem(w) for w in _WORD.findall(p.text.lower())} for p in passages
+# Chunks one result passage holds at most when neighbours are merged into it.
+MAX_MERGED_CHUNKS = 3
+
+
+def diversify(ranked: Sequence[Passage], k: int, max_per_document: int) -> list[Passage]:
+    """The k best passages with neighbouring chunks of one section merged into the better
+    one's place (as the prompt would show them) and at most `max_per_document` passages of
+    one document; passages over that cap move behind the others rather than go, so a
+    collection of one document still fills k. 0 = no cap. Looks at most 2k passages deep
+    for others, so that merging draws only on passages near the top."""
+    shown: list[list[Passage]] = []
+    deferred: list[list[Passage]] = []
+    per_document: dict[str, int] = {}
+    for passage in ranked:
+        if len(shown) >= k or len(shown) + len(deferred) >= 2 * k:
+            break
+        home = next((g for g in shown + deferred if _neighbours(g, passage)), None)
+        if home is not None:
+            home.append(passage)
+            continue
+        doc = passage.doc_id or passage.source
+        if max_per_document and per_document.get(doc, 0) >= max_per_document:
+            deferred.append([passage])
+            continue
+        per_document[doc] = per_document.get(doc, 0) + 1
+        shown.append([passage])
+    shown += deferred[: max(0, k - len(shown))]
+    return [merge_adjacent(g)[0] if len(g) > 1 else g[0] for g in shown]
+
+
+def _neighbours(group: list[Passage], passage: Passage) -> bool:
+    """Whether `passage` continues the run of chunks in `group` (same document, page and
+    heading, next to one of them) and the run has room for it."""
+    head = group[0]
+    return (
+        len(group) < MAX_MERGED_CHUNKS
+        and bool(passage.doc_id)
+        and passage.chunk_index >= 0
+        and (head.doc_id, head.page, head.heading)
+        == (passage.doc_id, passage.page, passage.heading)
+        and any(abs(p.chunk_index - passage.chunk_index) == 1 for p in group)
     )
+
+
+def evidence(passage: Passage, query: str, word_weight: float) -> float:
+    """How strongly `passage` supports answering `query`: its cosine similarity plus
+    `word_weight` times its `word_coverage`. Both legs' signals in one number: meaning alone
+    lets an on-topic passage that says nothing of the question's subject through; words
+    alone let a passage that merely mentions them through."""
+    return passage.score + word_weight * word_coverage(passage, query)
+
+
+def word_coverage(passage: Passage, query: str) -> float:
+    """The share of the query's content words (crudely stemmed) the passage holds."""
+    wanted = query_terms(query)
+    return len(wanted & _terms(passage.text)) / len(wanted) if wanted else 0.0
+
+
+def is_relevant(
+    passages: Sequence[Passage], min_score: float, query: str = "", word_weight: float = 0.0
+) -> bool:
+    """Whether the passages are worth answering from: one has `evidence` of at least
+    `min_score`, or holds every content word of the query (short keyword queries such as a
+    command name embed poorly but match exactly)."""
+    return any(
+        evidence(p, query, word_weight) >= min_score or word_coverage(p, query) == 1.0
+        for p in passages
+    )
+
+
+def query_terms(query: str) -> set[str]:
+    """The query's content words, stemmed."""
+    return {_stem(part) for word in content_words(query) for part in _WORD.findall(word)}
+
+
+def _terms(text: str) -> set[str]:
+    return {_stem(w) for w in _WORD.findall(text.lower())}
 
 
 def _stem(word: str) -> str:
