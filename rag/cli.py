@@ -364,7 +364,7 @@ def search(
 @click.option("--k", type=click.IntRange(min=1), help="Passages an answer would use.")
 @click.option(
     "--mode",
-    type=click.Choice(["hybrid", "vector"]),
+    type=click.Choice(["hybrid", "vector", "keyword"]),
     help="Retrieval to measure (default: retrieval.mode).",
 )
 @click.option(
@@ -394,7 +394,15 @@ def eval_questions(
     settings = override(cli_settings(ctx), "retrieval", k=k, mode=mode)
     name = collection or settings.storage.collection
     report = evaluate(questions, *_eval_runners(settings, name, generate))
-    result = {"file": str(file), "mode": settings.retrieval.mode, **report.to_json()}
+    r = settings.retrieval
+    result = {
+        "file": str(file),
+        "mode": r.mode,
+        # The "not found" operating point the refusal shares below were measured at.
+        "min_score": r.min_score,
+        "word_weight": r.word_weight,
+        **report.to_json(),
+    }
     if as_json:
         emit_json(result)
     else:

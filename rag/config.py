@@ -81,8 +81,8 @@ class RetrievalSettings:
     text_weight: float = 0.3
     keyword_text_weight: float = 0.6
     max_per_document: int = 3
-    min_score: float = 0.4
-    word_weight: float = 0.3
+    min_score: float = 0.55
+    word_weight: float = 0.4
     rerank: str = "none"
     rerank_top: int = 4
     rewrite: str = "rules"

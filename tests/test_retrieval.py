@@ -258,6 +258,12 @@ REFUSAL_CASES = [
         [(0.38, "Run dlocate -S foo to search the package index files.")],
         True,
     ),
+    (
+        "an on-topic passage as close as an answer, without the question's words, is refused",
+        "How many weeks of paid parental leave do employees get?",
+        [(0.50, "Vacation days are requested through the HR portal a month ahead.")],
+        False,
+    ),
     ("nothing retrieved", "dlocate", [], False),
 ]
 
