@@ -1,25 +1,33 @@
-"""Retrieval quality and latency, vector-only top-k (what most peers ship) against rag's hybrid.
+"""Retrieval quality and latency: vector-only, BM25-only and rag's hybrid, and "not found".
 
-    python bench/retrieval.py [--sizes 10000,100000] [--sets debian-faq,samples,foldoc]
+    python bench/retrieval.py [--sizes 10000,100000] [--sets debian-faq,samples,foldoc,...]
                               [--tune] [--calibrate] [--conversation] [--rerank N]
+                              [--index-cache DIR | --fresh]
 
 In one run: the Debian FAQ eval set (bench/build_debian_faq_eval.py), the FOLDOC set
 (bench/build_foldoc_eval.py: a seeded sample of the computing dictionary, questions with
-one right answer each; both corpora are downloaded with apt-get into ~/.cache/rag-bench)
-and samples/questions.jsonl are ingested into temporary indexes with the real pipeline and
-asked with both retrievers (hit@1, hit@5, MRR, by kind of question); then search latency
-p50/p95 at each size (`--sizes ""` skips it). The large
-tables hold the FAQ's real chunks plus generated ones: real FAQ text windows with vectors
-made from the FAQ chunks' real embeddings plus noise (cosine ~0.75 to their origin, so the
-vector index sees clustered data as in real use; pure random vectors defeat any ANN
-index). Embedding 100k chunks on 2 cores would take hours; quality numbers come from the
-real eval. The vector index is built by Store.maintain exactly as after an ingest (HNSW
-once the table holds retrieval.vector_index_rows chunks). Latency is the store search
+one right answer each), the GNU Coding Standards set (bench/build_gnu_standards_eval.py:
+one 90-page PDF, questions paraphrased away from the manual's words, each answered on one
+page, and on-topic questions it does not answer) and samples/questions.jsonl are ingested
+with the real pipeline (once: the indexes are kept under --index-cache, keyed by the
+corpus, the model and the ingest code; the corpora are downloaded with apt-get into
+~/.cache/rag-bench) and asked with the three retrievers, each shaped the same way
+(neighbours merged, per-document cap): hit@1, hit@5, MRR, by kind of question, and the
+"not found" operating point (unanswerable refused / answerable refused) at the configured
+min_score and word_weight. Then search latency p50/p95 at each size (`--sizes ""` skips
+it). The large tables hold the FAQ's real chunks plus generated ones: real FAQ text windows
+with vectors made from the FAQ chunks' real embeddings plus noise (cosine ~0.75 to their
+origin, so the vector index sees clustered data as in real use; pure random vectors defeat
+any ANN index). Embedding 100k chunks on 2 cores would take hours; quality numbers come
+from the real eval. The vector index is built by Store.maintain exactly as after an ingest
+(HNSW once the table holds retrieval.vector_index_rows chunks). Latency is the store search
 (both legs and fusion) with the query embedded beforehand; embedding time is separate.
 
 Options measure the choices made in rag/retrieval.py, rag/conversation.py, rag/rerank.py:
---tune (fusion grid), --calibrate (the "not found" threshold), --conversation (follow-up
-rewriting: off, rules, and the LLM), --rerank N (LLM pointwise reranking on N questions).
+--tune (fusion grid, against reciprocal-rank fusion) and --calibrate (the "not found"
+rule), both on each question's two legs fetched once and re-fused in Python, marking the
+sets held out of the choice; --conversation (follow-up rewriting: off, rules, and the
+LLM), --rerank N (LLM pointwise reranking on N questions).
 """
 
 from __future__ import annotations
