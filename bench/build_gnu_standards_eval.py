@@ -316,10 +316,15 @@ def page_texts(pdf: Path) -> dict[int, str]:
     return {s.page: s.text for s in parsed.sections if s.page is not None}
 
 
-def build_questions(pdf: Path) -> list[dict[str, object]]:
+def build_questions(
+    pdf: Path,
+    paraphrased: list[tuple[str, str, int]] = PARAPHRASED,
+    unanswerable: list[str] = UNANSWERABLE,
+) -> list[dict[str, object]]:
+    """The eval lines; exits naming the question whose page does not hold its answer."""
     pages = page_texts(pdf)
     lines: list[dict[str, object]] = []
-    for question, answer, page in PARAPHRASED:
+    for question, answer, page in paraphrased:
         if not contains_answer(pages.get(page, ""), answer):
             sys.exit(f"{pdf} page {page} does not hold {answer!r} (for {question!r})")
         lines.append(
@@ -331,7 +336,7 @@ def build_questions(pdf: Path) -> list[dict[str, object]]:
                 "kind": "paraphrase",
             }
         )
-    return lines + [{"question": q, "kind": "unanswerable"} for q in UNANSWERABLE]
+    return lines + [{"question": q, "kind": "unanswerable"} for q in unanswerable]
 
 
 def build(cache: Path = DEFAULT_CACHE, out: Path | None = None) -> tuple[Path, Path]:
