@@ -157,8 +157,20 @@ MODES = ("vector", "keyword", "hybrid")
 LABELS = {"vector": "vector-only", "keyword": "BM25-only", "hybrid": "hybrid (rag)"}
 
 
-def ranked(es: EvalSet, retriever: Retriever, query: str, mode: str) -> list[Any]:
-    return retriever.search(query, es.collection, DEPTH, mode)
+# Query embeddings by text: each query is embedded once per run, whichever retriever,
+# section or option asks (embedding, not search, is most of the time on a busy CPU).
+_VECTORS: dict[str, Any] = {}
+
+
+def embedded(embedder: Embedder, query: str) -> Any:
+    if query not in _VECTORS:
+        _VECTORS[query] = embedder.embed_query(query)
+    return _VECTORS[query]
+
+
+def ranked(es: EvalSet, retriever: Retriever, query: str, mode: str, k: int = DEPTH) -> list[Any]:
+    vector = embedded(retriever.embedder, query)
+    return retriever.search_by(query, vector, es.collection, k, mode)
 
 
 def quality(sets: list[EvalSet], embedder: Embedder, settings: RetrievalSettings) -> None:
@@ -204,7 +216,7 @@ def quality(sets: list[EvalSet], embedder: Embedder, settings: RetrievalSettings
         refused: dict[bool, list[bool]] = {True: [], False: []}
         for q in es.questions:
             query = standalone(q, settings.rewrite)
-            found = retriever.search(query, es.collection, settings.k)
+            found = ranked(es, retriever, query, settings.mode, settings.k)
             relevant = is_relevant(found, settings.min_score, query, settings.word_weight)
             refused[q.answerable].append(not relevant)
         if refused[False]:
@@ -236,7 +248,7 @@ def legs(es: EvalSet, embedder: Embedder, depth: int = 60) -> list[Legs]:
     out = []
     for q in es.questions:
         query = standalone(q, "rules")
-        vector = embedder.embed_query(query)
+        vector = embedded(embedder, query)
         out.append(
             Legs(
                 q,
