@@ -115,11 +115,11 @@ def text_share(query: str, settings: RetrievalSettings) -> float:
 
 
 def fuse_scores(
-    by_vector: Sequence[Passage], by_text: Sequence[tuple[Passage, float]], text_share: float
+    by_vector: Sequence[Passage], by_text: Sequence[tuple[Passage, float]], share: float
 ) -> list[Passage]:
     """Score-aware fusion: each candidate's cosine (min-max scaled over the candidates) and
     its BM25 score (divided by the best one; 0 where the keyword leg missed it), weighed
-    (1 - text_share) and text_share. Every candidate has a cosine, whichever leg found it,
+    (1 - share) and share. Every candidate has a cosine, whichever leg found it,
     so a keyword hit that is far from the question in meaning cannot outrank a close one
     on rank alone, as it can with reciprocal-rank fusion. Ties keep the vector leg's order.
     """
@@ -142,7 +142,7 @@ def fuse_scores(
     def fused(chunk_id: str) -> float:
         near = (cosine[chunk_id] - low) / spread if spread > 0 else 1.0
         words = bm25.get(chunk_id, 0.0) / best_bm25 if best_bm25 > 0 else 0.0
-        return (1.0 - text_share) * near + text_share * words
+        return (1.0 - share) * near + share * words
 
     order = sorted(first, key=lambda chunk_id: -fused(chunk_id))
     return [first[chunk_id] for chunk_id in order]
