@@ -118,7 +118,7 @@ class Answerer:
         rewritten = self.standalone_query(question, history)
         passages = self.search(rewritten or question, collection, k)
         if not passages or not is_relevant(
-            passages, self.retrieval.min_score, rewritten or question
+            passages, self.retrieval.min_score, rewritten or question, self.retrieval.word_weight
         ):
             text = NOT_FOUND if passages else NOTHING_FOUND
             yield Delta(text)

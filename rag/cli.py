@@ -369,7 +369,7 @@ def search(
 @click.option("--k", type=click.IntRange(min=1), help="Passages an answer would use.")
 @click.option(
     "--mode",
-    type=click.Choice(["hybrid", "vector"]),
+    type=click.Choice(["hybrid", "vector", "keyword"]),
     help="Retrieval to measure (default: retrieval.mode).",
 )
 @click.option(
@@ -399,7 +399,15 @@ def eval_questions(
     settings = override(cli_settings(ctx), "retrieval", k=k, mode=mode)
     name = collection or settings.storage.collection
     report = evaluate(questions, *_eval_runners(settings, name, generate))
-    result = {"file": str(file), "mode": settings.retrieval.mode, **report.to_json()}
+    r = settings.retrieval
+    result = {
+        "file": str(file),
+        "mode": r.mode,
+        # The "not found" operating point the refusal shares below were measured at.
+        "min_score": r.min_score,
+        "word_weight": r.word_weight,
+        **report.to_json(),
+    }
     if as_json:
         emit_json(result)
     else:
@@ -438,7 +446,7 @@ def _eval_runners(settings: Settings, collection: str, generate: bool) -> tuple[
         return retriever.search(rewritten or q.question, collection, max(DEPTH, r.k)), rewritten
 
     def is_refused(query: str, passages: list[Any]) -> bool:
-        return not is_relevant(passages[: r.k], r.min_score, query)
+        return not is_relevant(passages[: r.k], r.min_score, query, r.word_weight)
 
     # Answers given so far, by the questions of the conversation up to them: a follow-up is
     # asked after its earlier questions were answered, with those answers as its history.

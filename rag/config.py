@@ -80,10 +80,12 @@ class IngestSettings:
 class RetrievalSettings:
     k: int = 4
     mode: str = "hybrid"
-    candidates: int = 30
-    rrf_k: int = 60
-    text_weight: float = 1.0
-    min_score: float = 0.4
+    candidates: int = 50
+    text_weight: float = 0.3
+    keyword_text_weight: float = 0.6
+    max_per_document: int = 3
+    min_score: float = 0.55
+    word_weight: float = 0.4
     rerank: str = "none"
     rerank_top: int = 4
     rewrite: str = "rules"
@@ -368,7 +370,7 @@ def _validate_storage_uri(storage: StorageSettings) -> None:
 
 def _validate_retrieval(r: RetrievalSettings) -> None:
     choices = {
-        "mode": ("hybrid", "vector"),
+        "mode": ("hybrid", "vector", "keyword"),
         "rerank": ("none", "llm"),
         "rewrite": ("rules", "llm", "off"),
     }
@@ -378,11 +380,17 @@ def _validate_retrieval(r: RetrievalSettings) -> None:
     for key in ("k", "candidates", "rerank_top"):
         if getattr(r, key) < 1:
             raise ConfigError(f"retrieval.{key} = {getattr(r, key)}: use at least 1")
-    for key in ("rrf_k", "text_weight", "vector_index_rows"):
+    for key in ("max_per_document", "vector_index_rows"):
         if getattr(r, key) < 0:
             raise ConfigError(f"retrieval.{key} = {getattr(r, key)}: must be >= 0")
-    if not -1.0 <= r.min_score <= 1.0:
-        raise ConfigError(f"retrieval.min_score = {r.min_score}: a cosine similarity, -1 to 1")
+    for key in ("text_weight", "keyword_text_weight", "word_weight"):
+        if not 0.0 <= getattr(r, key) <= 1.0:
+            raise ConfigError(f"retrieval.{key} = {getattr(r, key)}: a share, 0 to 1")
+    if not -1.0 <= r.min_score <= 1.0 + r.word_weight:
+        raise ConfigError(
+            f"retrieval.min_score = {r.min_score}: cosine similarity plus word_weight times "
+            f"word coverage, -1 to {1.0 + r.word_weight:g}"
+        )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -249,7 +249,12 @@ def render_report(report: dict[str, Any]) -> str:
         + ("" if report["answer_s"] else "  (run with --generate to measure)"),
         f"answers     accuracy {pct(report['answer_accuracy'])}",
         f"not found   correct on unanswerable {pct(report['not_found_accuracy'])}  "
-        f"wrongly on answerable {pct(report['false_not_found'])}",
+        f"wrongly on answerable {pct(report['false_not_found'])}"
+        + (
+            f"  (min_score {report['min_score']}, word_weight {report['word_weight']})"
+            if "min_score" in report
+            else ""
+        ),
         f"latency     search p50 {report['search_ms']['p50']:.1f} ms  "
         f"p95 {report['search_ms']['p95']:.1f} ms",
     ]

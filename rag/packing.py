@@ -72,7 +72,8 @@ def _joined(group: list[Passage]) -> Passage:
         text=text,
         score=max(p.score for p in members),
         char_end=end,
-        chunk_ids=tuple(p.chunk_id for p in members),
+        # A member may be a merged passage already (retrieval merges neighbours too).
+        chunk_ids=tuple(c for p in members for c in (p.chunk_ids or (p.chunk_id,))),
     )
 
 

@@ -274,6 +274,13 @@ class Store:
         expression object. With `vector` each passage's score is its cosine similarity to it
         (as in `search`), else its BM25 score.
         """
+        return [p for p, _ in self.keyword_search(collection, query, k, vector)]
+
+    def keyword_search(
+        self, collection: str, query: str, k: int, vector: np.ndarray | None = None
+    ) -> list[tuple[Passage, float]]:
+        """`text_search` with each passage's BM25 score beside it (score-aware fusion
+        weighs both)."""
         from lancedb.expr import col, lit
         from lancedb.query import MatchQuery
 
@@ -292,11 +299,13 @@ class Store:
         except (OSError, RuntimeError, ValueError) as e:
             raise StoreError(f"full-text search failed: {e}") from e
         if vector is None or not rows:
-            return [_passage(r, float(r["_score"])) for r in rows]
+            return [(_passage(r, float(r["_score"])), float(r["_score"])) for r in rows]
         import numpy as np
 
         sims = np.asarray([r["vector"] for r in rows], dtype=np.float32) @ vector.astype(np.float32)
-        return [_passage(r, float(sim)) for r, sim in zip(rows, sims, strict=True)]
+        return [
+            (_passage(r, float(sim)), float(r["_score"])) for r, sim in zip(rows, sims, strict=True)
+        ]
 
     def row_count(self) -> int:
         """Chunks in the active table, all collections, whatever model built it."""
