@@ -172,9 +172,20 @@ def contains_answer(text: str, answer: str) -> bool:
     return found == len(wanted) if len(wanted) <= 3 else found >= 0.8 * len(wanted)
 
 
+_NUMBER_WORDS = {
+    word: str(n)
+    for n, word in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+        "fourteen fifteen sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+
+
 def normalized(text: str) -> str:
-    """Lower case, punctuation as spaces, single spaces: how answers are compared."""
-    return " ".join(_WORD.findall(text.lower().replace("_", " ")))
+    """Lower case, punctuation as spaces, single spaces, small numbers as digits: how
+    answers are compared ("Three days" states "3 days")."""
+    found = _WORD.findall(text.lower().replace("_", " "))
+    return " ".join(_NUMBER_WORDS.get(word, word) for word in found)
 
 
 def answers_with(generated: str, expected: str) -> bool:

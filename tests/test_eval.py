@@ -53,6 +53,7 @@ def test_an_answer_is_right_when_it_states_the_expected_one() -> None:
     assert answers_with("Run `harbor-db promote` on the standby [1].", "harbor-db promote")
     assert answers_with("Employees get 27 Days of paid vacation.", "27 days")
     assert answers_with("It opens at 07:30 [2].", "07:30")
+    assert answers_with("Up to 3 days per week [1].", "three days per week")
     # A citation marker where the answer belongs, or a near miss, is wrong.
     assert not answers_with(
         "The command to promote the standby database is [1].", "harbor-db promote"
