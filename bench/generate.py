@@ -39,7 +39,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rag.config import LlmSettings
-from rag.engine import Generation, MlxEngine, load_mlx_engine
+from rag.engine import MlxEngine, load_mlx_engine
+from rag.generation import Generation
 from rag.prompts import build_messages
 from rag.records import Passage
 

@@ -69,7 +69,7 @@ def convert_model(source: str, directory: Path, *, bits: int = 4) -> Conversion:
 def _write_from_gguf(path: Path, staged: Path) -> int | None:
     from mlx_lm.utils import save_config, save_model
 
-    from rag.engine import end_of_turn_token
+    from rag.generation import end_of_turn_token
     from rag.gguf import load_gguf
 
     # tune=False: the weights exactly as the file has them, not rag's CPU-tuned copies.

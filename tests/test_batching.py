@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from rag.batching import Batcher
-from rag.engine import Generation, MlxEngine
+from rag.engine import MlxEngine
+from rag.generation import Generation
 from rag.prompts import SYSTEM_PROMPT
 from rag.records import Delta
 
