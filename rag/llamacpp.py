@@ -310,6 +310,11 @@ def load_llamacpp_engine(
             f'llm.engine = "llamacpp" runs GGUF files, and llm.model = {settings.model!r} is '
             'not one: give a .gguf file, or set llm.engine = "mlx" for an MLX model'
         )
+    # ggml's OpenMP threads spin while they wait; on a machine where other processes want
+    # the same cores that spinning starves them all (measured on a busy 2-core VM: decode
+    # 0.2-0.4 tokens/s with 2 spinning threads, 11.5 with passive waits). Read by the
+    # OpenMP runtime when llama_cpp loads it; an operator's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     try:
         import llama_cpp
     except (ImportError, OSError) as e:
