@@ -90,7 +90,7 @@ class LlamaCppEngine(LocalEngine):
         """The logits of `token_ids` as the next token after the prompt (one prefill)."""
 
         def run() -> list[float]:
-            self.prefill(prompt_ids, lambda: False)
+            self.prefill(prompt_ids, self.keep(prompt_ids), lambda: False)
             logits = self.logits()
             return [float(logits[t]) for t in token_ids]
 
@@ -98,13 +98,42 @@ class LlamaCppEngine(LocalEngine):
 
     # -- the model: only ever on one thread (the generation thread under `rag serve`) ----
 
-    def prefill(self, prompt_ids: Sequence[int], should_stop: Callable[[], bool]) -> int:
-        """Evaluate the prompt, reusing the KV llama.cpp holds; returns the tokens reused.
+    def keep(self, prompt_ids: Sequence[int]) -> int:
+        """Keep the KV of the longest start of `prompt_ids` llama.cpp holds or has saved;
+        returns its length.
+
+        At least the last prompt token is always left to evaluate: its logits give the
+        first answer token.
+        """
+        import llama_cpp
+        import numpy as np
+
+        llama = self.llama
+        limit = min(llama.n_tokens, len(prompt_ids) - 1)
+        differ = np.flatnonzero(llama.input_ids[:limit] != np.asarray(prompt_ids[:limit]))
+        common = int(differ[0]) if differ.size else limit
+        prefix = self.prefixes.match(prompt_ids)
+        saved = self.prefixes.get(prefix) if prefix is not None else None
+        if prefix is not None and saved is not None and len(prefix) > common:
+            if self._restore_prefix(prefix, saved):
+                return len(prefix)
+            common = 0
+        memory = llama_cpp.llama_get_memory(llama.ctx)
+        # A model whose cache cannot drop a tail (recurrent, sliding-window) starts over.
+        if common < llama.n_tokens and not llama_cpp.llama_memory_seq_rm(memory, 0, common, -1):
+            common = 0
+            self.reset()
+        llama.n_tokens = common
+        return common
+
+    def prefill(
+        self, prompt_ids: Sequence[int], kept: int, should_stop: Callable[[], bool]
+    ) -> None:
+        """Evaluate the prompt after its first `kept` tokens (`keep`'s), in chunks.
 
         Raises Cancelled between chunks when `should_stop` says so.
         """
         llama = self.llama
-        kept = self._reuse(prompt_ids)
         prefix = self.prefixes.match(prompt_ids)
         save_at = 0
         if prefix is not None and kept < len(prefix) and self.prefixes.get(prefix) is None:
@@ -126,7 +155,6 @@ class LlamaCppEngine(LocalEngine):
         except RuntimeError as e:  # llama_decode failed: the KV state is unknown now
             self.reset()
             raise EngineError(f"llama.cpp failed to evaluate the prompt: {e}") from e
-        return kept
 
     def logits(self) -> Any:
         """The logits after the last evaluated token (a numpy view into llama.cpp's buffer)."""
@@ -159,32 +187,6 @@ class LlamaCppEngine(LocalEngine):
 
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.llama.ctx), True)
         self.llama.n_tokens = 0
-
-    def _reuse(self, prompt_ids: Sequence[int]) -> int:
-        """Keep the KV of the longest start of `prompt_ids` llama.cpp holds or has saved.
-
-        At least the last prompt token is always evaluated: its logits give the first token.
-        """
-        import llama_cpp
-        import numpy as np
-
-        llama = self.llama
-        limit = min(llama.n_tokens, len(prompt_ids) - 1)
-        differ = np.flatnonzero(llama.input_ids[:limit] != np.asarray(prompt_ids[:limit]))
-        common = int(differ[0]) if differ.size else limit
-        prefix = self.prefixes.match(prompt_ids)
-        saved = self.prefixes.get(prefix) if prefix is not None else None
-        if prefix is not None and saved is not None and len(prefix) > common:
-            if self._restore_prefix(prefix, saved):
-                return len(prefix)
-            common = 0
-        memory = llama_cpp.llama_get_memory(llama.ctx)
-        # A model whose cache cannot drop a tail (recurrent, sliding-window) starts over.
-        if common < llama.n_tokens and not llama_cpp.llama_memory_seq_rm(memory, 0, common, -1):
-            common = 0
-            self.reset()
-        llama.n_tokens = common
-        return common
 
     def _save_prefix(self, prefix: tuple[int, ...]) -> None:
         import llama_cpp
@@ -248,8 +250,9 @@ class LlamaTokens:
         engine = self.engine
         rng = np.random.default_rng()
         try:
+            self.cached_tokens = engine.keep(prompt_ids)
             try:
-                self.cached_tokens = engine.prefill(prompt_ids, self._should_stop)
+                engine.prefill(prompt_ids, self.cached_tokens, self._should_stop)
             except Cancelled:
                 yield ("cancelled",)
                 return

@@ -215,8 +215,9 @@ def test_cancelling_mid_prefill_of_a_long_prompt_returns_within_a_chunk(
     assert 0 < engine.llama.n_tokens < len(ids)  # the prefill was cut short
     assert late_s < 2.0, f"the cancel landed {late_s:.2f} s late"
     # What it evaluated is kept: the same prompt now starts from there.
-    _, again = _run(engine, ids, 2)
-    assert again.cached_tokens > 0 and again.finish_reason == "length"
+    evaluated = engine.llama.n_tokens
+    _, again = _run(engine, ids, 2, should_stop=_stop_at([time.monotonic() + 0.3]))
+    assert again.cached_tokens == evaluated and again.finish_reason == "cancelled"
 
 
 def test_under_the_generation_thread_requests_queue_and_score(
