@@ -300,12 +300,31 @@ def cpu_threads(configured: int) -> int:
         return os.cpu_count() or 1
 
 
+def gguf_tokenizer(path: Path) -> tuple[Any, int]:
+    """(the file's tokenizer with its chat template, the model's trained context).
+
+    From the header alone, for any architecture llama.cpp runs (the tensors are its own
+    business): the context is `<general.architecture>.context_length`.
+    """
+    from rag.gguf import load_gguf_tokenizer
+    from rag.modelspec import read_gguf_header
+
+    metadata = read_gguf_header(path)[0]
+    architecture = metadata.get("general.architecture", "llama")
+    context = int(metadata.get(f"{architecture}.context_length") or 0)
+    if context < 1:
+        raise ModelLoadError(f"{path.name} does not say its context length")
+    tokenizer = load_gguf_tokenizer(path, metadata.get("tokenizer.chat_template"))
+    if tokenizer.chat_template is None:
+        raise ModelLoadError(f"{path.name} has no chat template to pack prompts with")
+    return tokenizer, context
+
+
 def load_llamacpp_engine(
     settings: LlmSettings, *, context_tokens: int | None = None, reason: str = ""
 ) -> LlamaCppEngine:
     """llm.model (a GGUF file) on llama.cpp, with an n_ctx of `context_tokens` (the plan's)."""
     from rag.engine import model_path
-    from rag.remote import load_tokenizer
 
     path = model_path(settings.model)
     if path.suffix != ".gguf":
@@ -325,7 +344,7 @@ def load_llamacpp_engine(
             f"llama-cpp-python does not load ({e}): `make install` builds it, or set "
             'llm.engine = "mlx" (about 10x slower on a CPU)'
         ) from e
-    tokenizer, model_context = load_tokenizer(settings.model)
+    tokenizer, model_context = gguf_tokenizer(path)
     n_ctx = min(context_tokens or settings.context_tokens, model_context)
     threads = cpu_threads(settings.cpu_threads)
     offload = bool(llama_cpp.llama_supports_gpu_offload())
