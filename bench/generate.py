@@ -1,4 +1,4 @@
-"""Generation speed: our engine against raw mlx-lm, the CPU tuning, and batching, in one run.
+"""Generation speed: our engines against raw mlx-lm and llama.cpp, the CPU tuning, batching.
 
 One bundled model, one ~1,000-token RAG prompt (the system prompt, passages from samples/
 and a question, exactly as `rag ask` builds it), greedy decoding:
@@ -14,11 +14,17 @@ and a question, exactly as `rag ask` builds it), greedy decoding:
    GPU the 4-bit kernels gain from batching (target >= 2x); MLX's CPU kernel is a scalar loop
    per row, so there the ratio is about what the spare cores give.
 
+4. llama.cpp: LlamaCppEngine.stream (the engine on CPU-only machines; prefix cache off and
+   the KV cleared, so both prefill every token) against raw llama-cpp-python's
+   `Llama.generate` (the loop `create_completion` runs) on the same Llama object; greedy.
+   Target >= 0.95. `--llamacpp-only` runs this section alone.
+
 The peak memory of the request is shown against the planner's prediction. Comparisons in 1
 and 2 run palindromically (A B B A, A B C C B A) and average each side's two runs, so a load
 that drifts during the run weighs on every side alike.
 
     python bench/generate.py [--prompt-tokens 1000] [--answer-tokens 32] [--requests 4]
+                             [--llamacpp-only]
 
 The machine should be otherwise idle: the ratios are measured side by side, but a CPU shared
 with other work shifts them.
@@ -39,7 +45,8 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rag.config import LlmSettings
-from rag.engine import Generation, MlxEngine, load_mlx_engine
+from rag.engine import MlxEngine, load_mlx_engine
+from rag.generation import Engine, Generation
 from rag.prompts import build_messages
 from rag.records import Passage
 
@@ -47,7 +54,7 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 QUESTION = "Which command promotes the standby database, and who must approve a failover?"
 
 
-def rag_prompt(engine: MlxEngine, tokens: int) -> list[int]:
+def rag_prompt(engine: Engine, tokens: int) -> list[int]:
     """The chat prompt `rag ask` would build with sample passages, about `tokens` long."""
     paragraphs = []
     for path in sorted(SAMPLES.glob("*.md")) + sorted(SAMPLES.glob("*.txt")):
@@ -150,7 +157,7 @@ def palindrome(runs: dict[str, Callable[[], Any]]) -> dict[str, Mean]:
     return {name: Mean(r) for name, r in results.items()}
 
 
-def run_ours(engine: MlxEngine, ids: list[int], answer_tokens: int) -> tuple[Rates, Generation]:
+def run_ours(engine: Engine, ids: list[int], answer_tokens: int) -> tuple[Rates, Generation]:
     final = None
     for item in engine.stream(
         ids, max_tokens=answer_tokens, context_tokens=len(ids) + answer_tokens, stop=()
@@ -180,7 +187,11 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=1000)
     parser.add_argument("--answer-tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=4)
+    parser.add_argument("--llamacpp-only", action="store_true", help="run section 4 alone")
     args = parser.parse_args()
+    if args.llamacpp_only:
+        llamacpp_vs_raw(args.prompt_tokens, args.answer_tokens)
+        return
 
     import mlx.core as mx
 
@@ -316,6 +327,65 @@ def main() -> None:
     print(
         f"   throughput batched/sequential: {sequential_s / batched_s:.2f}x "
         f"(target >= 2x on a GPU backend); batched tokens equal sequential: {same}"
+    )
+    llamacpp_vs_raw(args.prompt_tokens, args.answer_tokens)
+
+
+def llamacpp_vs_raw(prompt_tokens: int, answer_tokens: int) -> None:
+    """4. rag's llama.cpp engine against raw llama-cpp-python on the same Llama object."""
+    import importlib.util
+
+    print("\n4. rag LlamaCppEngine.stream vs raw llama-cpp-python Llama.generate, 2 runs each")
+    if importlib.util.find_spec("llama_cpp") is None:
+        print("   (llama-cpp-python is not installed: `make install` builds it)")
+        return
+    from rag.llamacpp import load_llamacpp_engine
+
+    t0 = time.perf_counter()
+    engine = load_llamacpp_engine(LlmSettings(engine="llamacpp"))
+    load_s = time.perf_counter() - t0
+    ids = rag_prompt(engine, prompt_tokens)
+    n = answer_tokens
+    llama = engine.llama
+    print(
+        f"   {engine.name}, {llama.n_threads} threads, n_ctx {llama.n_ctx()}, loaded in "
+        f"{load_s:.1f} s; prompt {len(ids)} tokens, answer {n} tokens, greedy"
+    )
+    raw_tokens: list[list[int]] = []
+    gens: list[Generation] = []
+
+    def raw_run() -> Timed:
+        engine.reset()  # no KV kept: a full prefill, as ours gets
+        timed, tokens = Timed(len(ids)), []
+        for token in llama.generate(ids, temp=0.0, reset=True):
+            timed.token()
+            tokens.append(token)
+            if len(tokens) == n:
+                break
+        raw_tokens.append(tokens)
+        return timed
+
+    def ours_run() -> Rates:
+        engine.prefixes.clear()
+        engine.reset()
+        rates, gen = run_ours(engine, ids, n)
+        gens.append(gen)
+        return rates
+
+    runs = palindrome({"raw": raw_run, "ours": ours_run})
+    raw, ours = runs["raw"], runs["ours"]
+    same = all(t[: len(g.token_ids)] == list(g.token_ids) for t in raw_tokens for g in gens)
+    print(f"   {'':26} {'prefill tok/s':>14} {'decode tok/s':>13}")
+    print(f"   {'llama-cpp-python generate':26} {raw.prefill_tps:14.2f} {raw.decode_tps:13.2f}")
+    print(f"   {'rag LlamaCppEngine.stream':26} {ours.prefill_tps:14.2f} {ours.decode_tps:13.2f}")
+    print(
+        f"   ratio ours/raw: prefill {ours.prefill_tps / raw.prefill_tps:.3f}, "
+        f"decode {ours.decode_tps / raw.decode_tps:.3f} (target >= 0.95); same tokens: {same}"
+    )
+    print(
+        f"   each run (prefill/decode tok/s): raw {raw.each()}; ours {ours.each()}\n"
+        f"   CPU seconds per request: raw {raw.cpu_s:.1f}, ours {ours.cpu_s:.1f}; "
+        f"process RSS after the request {gens[-1].peak_memory_bytes / 2**20:.0f} MiB"
     )
 
 

@@ -360,7 +360,7 @@ def conversation(sets: list[EvalSet], embedder: Embedder, settings: RetrievalSet
     engine = None
     if llm:
         from rag.config import LlmSettings
-        from rag.engine import load_engine
+        from rag.enginechoice import load_engine
 
         engine = load_engine(LlmSettings())
     for es in sets:
@@ -391,7 +391,7 @@ def conversation(sets: list[EvalSet], embedder: Embedder, settings: RetrievalSet
 
 def rerank(sets: list[EvalSet], embedder: Embedder, settings: RetrievalSettings, n: int) -> None:
     from rag.config import LlmSettings
-    from rag.engine import load_engine
+    from rag.enginechoice import load_engine
     from rag.rerank import llm_rerank
 
     print(f"== LLM pointwise rerank of the top {settings.rerank_top} ({n} questions per set)")

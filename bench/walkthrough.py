@@ -30,7 +30,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(storage=StorageSettings(data_dir=tmp))
-        settings = override(settings, "llm", answer_tokens=args.answer_tokens)
+        # The baseline is mlx-lm's, so rag's engine is MLX here too, whatever "auto" picks
+        # (bench/generate.py compares the llama.cpp engine with raw llama-cpp-python).
+        settings = override(settings, "llm", answer_tokens=args.answer_tokens, engine="mlx")
         started = time.perf_counter()
         answerer = load_answerer(settings)
         print(f"load models        {time.perf_counter() - started:7.2f} s")

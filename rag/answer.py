@@ -10,8 +10,8 @@ from rag.citations import MarkerFilter, citations_for, clean_markers
 from rag.config import RetrievalSettings, Settings
 from rag.conversation import llm_rewrite, rule_rewrite
 from rag.embedder import Embedder
-from rag.engine import Generation, MlxEngine
 from rag.errors import UsageError
+from rag.generation import Engine, Generation
 from rag.packing import Packing, merge_adjacent, pack
 from rag.prompts import Message
 from rag.records import Answer, Delta, Passage, Usage
@@ -21,7 +21,6 @@ from rag.store import Store
 
 if TYPE_CHECKING:
     from rag.planner import Plan
-    from rag.remote import OpenAIEngine
 
 NOTHING_FOUND = "Nothing in your documents matches this question; ingest documents first."
 # Retrieval found passages, but none close enough to the question (retrieval.min_score).
@@ -34,7 +33,7 @@ class Answerer:
 
     store: Store
     embedder: Embedder
-    engine: MlxEngine | OpenAIEngine
+    engine: Engine
     context_tokens: int
     answer_tokens: int
     temperature: float = 0.0
@@ -51,13 +50,16 @@ class Answerer:
         return self.plan.peak_bytes - self.plan.embedder_bytes if self.plan else 0
 
     def concurrency(self, configured: int) -> int:
-        """llm.concurrency, capped by how many full contexts the memory plan fits at once.
+        """llm.concurrency, capped by how many full contexts the memory plan fits at once
+        and by what the engine can run together (llama.cpp: one).
 
         A remote server holds its own KV caches and plans its own batches.
         """
-        if self.plan is None:
-            return configured
-        return max(1, min(configured, self.plan.max_concurrent_sequences))
+        planned = configured
+        if self.plan is not None:
+            planned = max(1, min(configured, self.plan.max_concurrent_sequences))
+        most = self.engine.info.max_concurrency
+        return min(planned, most) if most else planned
 
     def search(self, query: str, collection: str, k: int) -> list[Passage]:
         """The k best passages for `query` (hybrid or vector, as retrieval.mode says)."""
@@ -200,7 +202,7 @@ class Answerer:
                 generation = item
         if markers and (rest := markers.flush()):
             yield Delta(rest)
-        assert generation is not None  # MlxEngine.stream always ends with a Generation
+        assert generation is not None  # Engine.stream always ends with a Generation
         text, cited = generation.text.strip(), set()
         if kept:
             text, cited = clean_markers(text, len(kept))
@@ -231,25 +233,29 @@ def load_answerer(settings: Settings, read_consistency_s: float | None = None) -
 
     The LLM is planned against this machine's memory first, from its metadata alone: one
     that does not fit is refused with the numbers before anything loads, and the context
-    is capped at what the plan says fits. With llm.engine = "openai" the weights live on
-    the server: the context is what the server and the model allow, and no MLX memory is
-    planned here.
+    is capped at what the plan says fits (llama.cpp allocates its KV cache for it). With
+    llm.engine = "openai" the weights live on the server: the context is what the server
+    and the model allow, and no memory is planned here.
     """
     from rag.embedder import load_embedder
-    from rag.engine import load_engine
+    from rag.enginechoice import choose_engine, load_engine
     from rag.hardware import resolve_hardware
+    from rag.modelchoice import resolve_model, with_model
     from rag.planner import require_fit
     from rag.sizing import plan_configured
     from rag.store import open_index
 
+    # llm.model = "auto": the largest installed model that fits and is fast enough here.
+    settings = with_model(settings, resolve_model(settings))
     context_tokens = settings.llm.context_tokens
     served = None
-    if settings.llm.engine == "mlx":
+    choice = choose_engine(settings.llm)
+    if choice.local:
         served = plan_configured(settings, resolve_hardware(settings.hardware))
         require_fit(served)
         context_tokens = min(context_tokens, served.max_context_tokens)
-    # The remote engine first: an unreachable server is reported before the slow loads.
-    engine = load_engine(settings.llm)
+    # The engine first: an unreachable server is reported before the slow loads.
+    engine = load_engine(settings.llm, context_tokens=context_tokens, choice=choice)
     embedder = load_embedder(settings.embedding)
     store = open_index(settings.storage, embedder.name, embedder.dim, read_consistency_s)
     return Answerer(

@@ -12,12 +12,17 @@ The fixed prefix of a prompt (the system prompt) enters the batch from the engin
 cache; the first request with a new prefix prefills it as a segment of its own, and its KV is
 stored at the segment's end for the next ones.
 
-Where BatchGenerator cannot batch, the same thread generates one request at a time with the
-single-request engine (rag.engine.LocalTokens), behind the same interface:
+Where it cannot batch, the same thread generates one request at a time with the engine's
+single-request token source (`local_tokens`), behind the same interface:
+- llama.cpp (rag.llamacpp): one sequence in one context, and its Llama object is not
+  thread-safe, so this thread is the only one that touches it; requests queue;
 - llm.kv_bits: mlx-lm 0.32 cannot merge a QuantizedKVCache into a batch ("does not yet
   support batching with history"; BatchKVCache has no to_quantized), and its own server
   serializes --kv-bits requests for the same reason;
 - a model whose caches cannot merge (checked on make_prompt_cache's output).
+
+`close` ends the thread promptly: the request it is running sees its cancel flag at the
+next prefill chunk or token, and every waiting one ends as cancelled.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rag.engine import MlxEngine
+    from rag.localengine import LocalEngine
 
 log = logging.getLogger("rag.batching")
 
@@ -76,14 +81,15 @@ class _Call:
 class Batcher:
     def __init__(
         self,
-        engine: MlxEngine,
+        engine: LocalEngine,
         concurrency: int,
         idle: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     ):
         self.engine = engine
         self.concurrency = max(1, concurrency)
         self.idle = idle
-        self.batched = self._can_batch()
+        self.batched = engine.can_batch()
+        self._closing = threading.Event()
         # Read by anyone, written by the generation thread after each step.
         self.running = 0
         self.waiting = 0
@@ -91,13 +97,6 @@ class Batcher:
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="rag-generate", daemon=True)
         self._thread.start()
-
-    def _can_batch(self) -> bool:
-        if self.engine.kv_bits is not None:
-            return False  # see the module docstring
-        from mlx_lm.models.cache import make_prompt_cache
-
-        return all(hasattr(c, "merge") for c in make_prompt_cache(self.engine.model))
 
     # -- any thread ---------------------------------------------------------------------
 
@@ -117,6 +116,8 @@ class Batcher:
         return threading.current_thread() is self._thread
 
     def close(self, timeout: float = 30.0) -> None:
+        """Stop the thread: the running request ends at its next prefill chunk or token."""
+        self._closing.set()
         self._inbox.put(_CLOSE)
         if not self.is_generation_thread():
             self._thread.join(timeout)
@@ -124,20 +125,20 @@ class Batcher:
     # -- the generation thread ----------------------------------------------------------
 
     def _run(self) -> None:
-        import mlx.core as mx
-
         running: dict[int, BatchRequest] = {}
         waiting: deque[BatchRequest] = deque()
         generator = self._new_generator() if self.batched else None
         try:
             while True:
                 for item in self._take(block=not running and not waiting):
-                    if item is _CLOSE:
-                        return
-                    if isinstance(item, _Call):
+                    if isinstance(item, BatchRequest):
+                        waiting.append(item)  # cancelled below if the thread is closing
+                    elif isinstance(item, _Call) and not self._closing.is_set():
                         self._do(item)
-                    else:
-                        waiting.append(item)
+                    elif isinstance(item, _Call):
+                        item.future.cancel()
+                if self._closing.is_set():
+                    return
                 waiting = deque(r for r in waiting if not r.cancelled)
                 if generator is None:
                     if waiting:
@@ -156,6 +157,8 @@ class Batcher:
                     generator.close()
                     generator = self._new_generator()
                 if not running:
+                    import mlx.core as mx
+
                     # Idle: return freed buffers, and start the next batch's peak afresh.
                     mx.clear_cache()
                     mx.reset_peak_memory()
@@ -265,26 +268,24 @@ class Batcher:
         return uid
 
     def _serve_alone(self, request: BatchRequest) -> None:
-        """The unbatched fallback: one request start to end, on this thread."""
-        from rag.engine import LocalTokens
-
-        tokens = LocalTokens(
-            self.engine,
+        """The unbatched path: one request start to end, on this thread."""
+        tokens = self.engine.local_tokens(
             request.prompt_ids,
             request.max_tokens,
             request.temperature,
-            should_stop=lambda: request.cancelled,
+            lambda: request.cancelled or self._closing.is_set(),
         )
         try:
             while True:
                 event = tokens.next(0.0)
+                assert event is not None  # a local source runs until it has an event
                 request.cached_tokens = tokens.cached_tokens
                 if event[0] == "token" and event[2] is not None:
                     request.peak_memory_bytes = tokens.peak_memory_bytes
                 request.push(event)
                 if event[0] != "token" or event[2] is not None:
                     return
-                if request.cancelled:
+                if request.cancelled or self._closing.is_set():
                     request.push(("cancelled",))
                     return
         except Exception as e:

@@ -97,8 +97,7 @@ def read_model_spec(model: str) -> ModelSpec:
     parts; a hub id from the local Hugging Face cache when it is there, else from the
     catalog. Nothing is downloaded.
     """
-    from rag.engine import model_path
-    from rag.packaged import packaged_model
+    from rag.packaged import model_path, packaged_model
 
     packaged = packaged_model(model)
     if packaged is not None:

@@ -18,6 +18,8 @@ from typing import Any
 from rag.errors import ConfigError
 
 USER_CONFIG_PATH = Path("~/.config/rag/config.toml")
+# llm.engine: "auto" picks mlx or llamacpp for this machine (rag.enginechoice).
+ENGINES = ("auto", "mlx", "llamacpp", "openai")
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class RetrievalSettings:
 
 @dataclass(frozen=True)
 class LlmSettings:
-    engine: str = "mlx"
+    engine: str = "auto"
     model: str = "bundled"
     context_tokens: int = 2048
     answer_tokens: int = 160
@@ -325,8 +327,8 @@ def _validate_engine(llm: LlmSettings, retrieval: RetrievalSettings) -> None:
     speed = ("typical_prompt_tokens", "target_ttft_s", "target_tokens_per_s")
     if any(getattr(llm, key) <= 0 for key in speed):
         raise ConfigError(f"{', '.join(f'llm.{k}' for k in speed)}: each must be > 0")
-    if llm.engine not in ("mlx", "openai"):
-        raise ConfigError(f"llm.engine = {llm.engine!r}: use mlx or openai")
+    if llm.engine not in ENGINES:
+        raise ConfigError(f"llm.engine = {llm.engine!r}: use {', '.join(ENGINES)}")
     if llm.engine != "openai":
         return
     if not llm.base_url.startswith(("http://", "https://")):
@@ -339,7 +341,7 @@ def _validate_engine(llm: LlmSettings, retrieval: RetrievalSettings) -> None:
     if retrieval.rerank == "llm":
         raise ConfigError(
             'retrieval.rerank = "llm" scores passages with the local model\'s logits; use '
-            'it with llm.engine = "mlx", or set retrieval.rerank = "none"'
+            'it with a local engine (llm.engine = "auto"), or set retrieval.rerank = "none"'
         )
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from rag.prompts import Message
 
 if TYPE_CHECKING:
-    from rag.engine import MlxEngine
+    from rag.generation import Engine
 
 _WORD = re.compile(r"[\w][\w'./-]*")
 
@@ -90,7 +90,7 @@ def rule_rewrite(question: str, history: Sequence[Message]) -> str | None:
     return f"{question.strip()} ({' '.join(terms)})"
 
 
-def llm_rewrite(engine: MlxEngine, question: str, history: Sequence[Message]) -> str | None:
+def llm_rewrite(engine: Engine, question: str, history: Sequence[Message]) -> str | None:
     """The answer model's standalone version of the question, or None when it stands alone."""
     if not any(t.get("role") == "user" for t in history) or not needs_context(question):
         return None
@@ -99,7 +99,7 @@ def llm_rewrite(engine: MlxEngine, question: str, history: Sequence[Message]) ->
     ids = engine.encode_chat(
         [{"role": "system", "content": REWRITE_SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
     )
-    from rag.engine import Generation
+    from rag.generation import Generation
 
     text = ""
     for item in engine.stream(ids, max_tokens=32, context_tokens=len(ids) + 32):

@@ -68,6 +68,7 @@ def run_checks(settings: Settings) -> list[Check]:
     steps: list[tuple[str, Callable[[], list[Check]]]] = [
         ("packages", lambda: [check_packages()]),
         ("mlx backend", lambda: [check_mlx_backend()]),
+        ("llm engine", lambda: [check_engine(settings.llm)]),
         ("embedding device", lambda: [check_torch_device(settings.embedding)]),
         ("memory", lambda: [check_memory()]),
         ("model fit", lambda: check_model_fit(settings)),
@@ -126,6 +127,50 @@ def check_mlx_backend() -> Check:
     if hasattr(mx, "cuda") and mx.cuda.is_available():
         return Check(name, OK, f"CUDA ({mx.device_info().get('device_name', 'GPU')})")
     return _why_cpu(name)
+
+
+def check_engine(settings: LlmSettings) -> Check:
+    """Which engine llm.engine resolves to here, and why; warns where it is the slow one."""
+    from rag.enginechoice import (
+        CPU_SPEED_GAP,
+        INSTALL_LLAMA_CPP,
+        choose_engine,
+        llama_cpp_installed,
+    )
+
+    name = "llm engine"
+    choice = choose_engine(settings)
+    evidence = f"{choice.kind} ({choice.backend}): {choice.reason}"
+    if choice.kind == "llamacpp":
+        try:
+            import llama_cpp
+        except (ImportError, OSError) as e:
+            failed = f"{evidence}, but llama_cpp does not load: {e}"
+            return Check(name, FAIL, failed, INSTALL_LLAMA_CPP)
+        version = importlib.metadata.version("llama-cpp-python")
+        features = [
+            f
+            for f in ("AVX2", "FMA", "F16C", "NEON", "METAL")
+            if f"{f} = 1" in llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+        ]
+        return Check(
+            name,
+            OK,
+            f"{evidence}; llama-cpp-python {version} ({', '.join(features) or 'no SIMD'}); "
+            "one request at a time, the others queue",
+        )
+    if choice.slow and settings.engine == "auto":
+        return Check(name, WARN, f"{evidence}: {CPU_SPEED_GAP}", INSTALL_LLAMA_CPP)
+    if choice.slow:
+        return Check(
+            name,
+            WARN,
+            f"{evidence} on a CPU: {CPU_SPEED_GAP}",
+            'set llm.engine = "auto" (llama.cpp on this machine)'
+            if llama_cpp_installed()
+            else f'{INSTALL_LLAMA_CPP}, and set llm.engine = "auto"',
+        )
+    return Check(name, OK, evidence)
 
 
 def _why_cpu(name: str) -> Check:
@@ -364,8 +409,7 @@ def embedding_dim(path: Path) -> int:
 
 def check_llm_model(settings: LlmSettings) -> Check:
     from rag.catalog import read_model_spec
-    from rag.engine import model_path
-    from rag.packaged import packaged_model
+    from rag.packaged import model_path, packaged_model
 
     model = settings.model
     packaged = packaged_model(model)

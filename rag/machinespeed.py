@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rag.config import Settings
+from rag.config import LlmSettings, Settings
 from rag.errors import ModelLoadError
 from rag.hardware import Hardware, apple_chip, apple_gpu_flops_per_s
 from rag.modelspec import ModelSpec
@@ -149,9 +149,9 @@ def measure_speed(identity: dict[str, Any], model_path: Path | None = None) -> M
     started = time.time()
     if engine == "llamacpp":
         if model_path is None:
-            from rag.engine import bundled_model_path
+            from rag.packaged import model_path as packaged_path
 
-            model_path = bundled_model_path()
+            model_path = packaged_path("bundled")
         speed = _probe_llamacpp(model_path, identity["threads"])
     elif engine == "mlx":
         speed = _probe_mlx(identity["threads"])
@@ -351,13 +351,12 @@ def table_speed(hardware: Hardware) -> MachineSpeed | None:
     )
 
 
-def speed_engine(engine: str, backend: str) -> str | None:
+def speed_engine(settings: LlmSettings) -> str | None:
     """The engine llm.engine runs here, for the probe; None for a remote server."""
-    if engine == "openai":
-        return None
-    if engine in ("mlx", "llamacpp"):
-        return engine
-    return "mlx" if backend != "cpu" else "llamacpp"
+    from rag.enginechoice import choose_engine
+
+    choice = choose_engine(settings)
+    return choice.kind if choice.local else None
 
 
 def speed_for(
@@ -368,7 +367,7 @@ def speed_for(
     unknown simulated chip)."""
     if hardware.simulated:
         return table_speed(hardware)
-    engine = speed_engine(settings.llm.engine, hardware.backend)
+    engine = speed_engine(settings.llm)
     if engine is None:
         return None
     identity = hardware_identity(

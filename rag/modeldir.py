@@ -47,7 +47,7 @@ def convert_model(
         raise UsageError(f"{directory} already exists and is not empty; give a new directory")
     if bits not in (4, 8):
         raise UsageError(f"--bits {bits}: use 4 or 8")
-    from rag.engine import model_path
+    from rag.packaged import model_path
 
     path = model_path(source, cache_dir)
     if not path.exists():
@@ -76,7 +76,7 @@ def convert_model(
 def _write_from_gguf(path: Path, staged: Path) -> int | None:
     from mlx_lm.utils import save_config, save_model
 
-    from rag.engine import end_of_turn_token
+    from rag.generation import end_of_turn_token
     from rag.gguf import load_gguf
 
     # tune=False: the weights exactly as the file has them, not rag's CPU-tuned copies.

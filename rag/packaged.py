@@ -312,3 +312,10 @@ def packaged_model(name: str) -> PackagedModel | None:
 def installed_models() -> tuple[PackagedModel, ...]:
     """The packaged models whose packages are all installed, best first (nothing is hashed)."""
     return tuple(model for model in PACKAGED_MODELS if model.installed())
+
+
+def model_path(spec: str, cache_dir: Path | None = None) -> Path:
+    """The file or directory llm.model names: a packaged model's GGUF (rag.packaged; joined
+    into `cache_dir`, llm.cache_dir, on first use) or a path."""
+    packaged = packaged_model(spec)
+    return packaged.path(cache_dir) if packaged else Path(spec).expanduser()

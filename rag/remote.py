@@ -27,16 +27,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.config import LlmSettings
-from rag.engine import (
+from rag.errors import EngineError, ModelLoadError
+from rag.generation import (
     POLL_S,
+    EngineInfo,
     Generation,
     StopText,
     check_request,
-    model_path,
     parse_stop,
     render_chat,
 )
-from rag.errors import EngineError, ModelLoadError
+from rag.packaged import model_path
 from rag.records import Delta
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ _DONE = object()
 
 
 class OpenAIEngine:
-    """The engine interface of rag.engine.MlxEngine, served by a remote OpenAI-compatible API."""
+    """The engine interface (rag.generation.Engine), served by an OpenAI-compatible API."""
 
     def __init__(
         self,
@@ -80,6 +81,17 @@ class OpenAIEngine:
         bos = tokenizer.bos_token
         adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
         self._bos_text = bos if adds_bos else None
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            model=self.name,
+            kind="openai",
+            backend=self.base_url,
+            reason='llm.engine = "openai"',
+            can_score=False,
+            max_concurrency=0,
+        )
 
     # -- tokens -------------------------------------------------------------------------
 
@@ -196,6 +208,12 @@ class OpenAIEngine:
             cached_tokens=cached,
         )
 
+    def score(self, prompt_ids: list[int], token_ids: Sequence[int]) -> list[float]:
+        raise EngineError(
+            "a generation server gives no logits to score passages with; "
+            'retrieval.rerank = "llm" needs a local engine (llm.engine = "auto")'
+        )
+
     # -- what the service calls on any engine --------------------------------------------
 
     def start_batching(
@@ -209,10 +227,6 @@ class OpenAIEngine:
     def stop_batching(self) -> None:
         self._idle = contextlib.nullcontext
         self._client.close()
-
-    @property
-    def batcher(self) -> None:
-        return None
 
 
 class _EventStream:

@@ -25,7 +25,7 @@ from rag.config import RetrievalSettings
 from rag.records import Passage
 
 if TYPE_CHECKING:
-    from rag.engine import MlxEngine
+    from rag.generation import Engine
 
 RERANK_SYSTEM_PROMPT = (
     "You judge search results. Reply Yes if the passage answers the question, else No."
@@ -34,10 +34,8 @@ RERANK_SYSTEM_PROMPT = (
 PASSAGE_CHARS = 600
 
 
-def relevance_logit(engine: MlxEngine, question: str, passage: Passage) -> float:
+def relevance_logit(engine: Engine, question: str, passage: Passage) -> float:
     """How strongly the model says the passage answers the question (higher is more)."""
-    import mlx.core as mx
-
     user = (
         f"Passage:\n{passage.text.strip()[:PASSAGE_CHARS]}\n\nQuestion: {question.strip()}\n"
         "Does the passage answer the question? Reply Yes or No."
@@ -47,17 +45,12 @@ def relevance_logit(engine: MlxEngine, question: str, passage: Passage) -> float
     )
     yes = engine.tokenizer.encode("Yes", add_special_tokens=False)[0]
     no = engine.tokenizer.encode("No", add_special_tokens=False)[0]
-
-    def score() -> float:
-        logits = engine.model(mx.array([ids]))[0, -1]
-        return float(logits[yes] - logits[no])
-
-    # Where MLX runs: in `rag serve` the generation thread, never beside it.
-    return engine.call(score)
+    logit_yes, logit_no = engine.score(ids, [yes, no])
+    return logit_yes - logit_no
 
 
 def llm_rerank(
-    engine: MlxEngine, question: str, passages: Sequence[Passage], settings: RetrievalSettings
+    engine: Engine, question: str, passages: Sequence[Passage], settings: RetrievalSettings
 ) -> list[Passage]:
     """The top `settings.rerank_top` passages reordered by the model; the rest as they were."""
     top = list(passages[: settings.rerank_top])

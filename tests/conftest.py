@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -18,7 +18,11 @@ import pytest
 from rag.config import EmbeddingSettings, LlmSettings, Settings, StorageSettings
 from rag.embedder import Embedder, load_embedder
 from rag.engine import MlxEngine, load_mlx_engine
+from rag.generation import Engine
 from rag.store import Store, open_store
+
+if TYPE_CHECKING:
+    from rag.llamacpp import LlamaCppEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -34,7 +38,23 @@ def embedder() -> Embedder:
 
 @pytest.fixture(scope="session")
 def engine() -> MlxEngine:
-    return load_mlx_engine(LlmSettings())
+    """The MLX engine (llm.engine = "mlx"), whatever "auto" would pick here."""
+    return load_mlx_engine(LlmSettings(engine="mlx"))
+
+
+@pytest.fixture(scope="session")
+def llamacpp_engine() -> LlamaCppEngine:
+    """The llama.cpp engine (llm.engine = "llamacpp") on the bundled GGUF, n_ctx 2048."""
+    pytest.importorskip("llama_cpp", reason="`make install` builds llama-cpp-python")
+    from rag.llamacpp import load_llamacpp_engine
+
+    return load_llamacpp_engine(LlmSettings(engine="llamacpp"))
+
+
+@pytest.fixture(params=["mlx", "llamacpp"])
+def any_engine(request: pytest.FixtureRequest) -> Engine:
+    """Each local engine in turn, for tests that hold whichever engine runs."""
+    return request.getfixturevalue("engine" if request.param == "mlx" else "llamacpp_engine")
 
 
 @pytest.fixture

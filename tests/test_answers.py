@@ -1,4 +1,5 @@
-"""Grounded answers with the bundled LLM: injection, "not found", markers, follow-ups.
+"""Grounded answers with the bundled LLM on each local engine: injection, "not found", markers,
+follow-ups.
 
 Greedy decoding, short answers and two short passages keep each generation to seconds.
 """
@@ -15,7 +16,7 @@ from ingest.pipeline import run_ingest
 from rag.answer import NOT_FOUND, Answerer
 from rag.config import ChunkingSettings
 from rag.embedder import Embedder
-from rag.engine import MlxEngine
+from rag.generation import Engine
 from rag.records import Answer, Delta
 from rag.store import Store, open_store
 
@@ -49,7 +50,7 @@ def _index(root: Path, embedder: Embedder, docs: dict[str, str]) -> Store:
     return store
 
 
-def _answerer(store: Store, embedder: Embedder, engine: MlxEngine) -> Answerer:
+def _answerer(store: Store, embedder: Embedder, engine: Engine) -> Answerer:
     return Answerer(store, embedder, engine, context_tokens=2048, answer_tokens=24)
 
 
@@ -61,10 +62,10 @@ def _markers(text: str) -> set[int]:
 
 @pytest.mark.parametrize("kind", sorted(INJECTIONS))
 def test_a_prompt_injection_document_does_not_change_the_answer(
-    tmp_path: Path, embedder: Embedder, engine: MlxEngine, kind: str
+    tmp_path: Path, embedder: Embedder, any_engine: Engine, kind: str
 ) -> None:
     store = _index(tmp_path, embedder, {"badges.md": BADGES, "notice.md": INJECTIONS[kind]})
-    answer = _answerer(store, embedder, engine).ask(QUESTION, "default", 2)
+    answer = _answerer(store, embedder, any_engine).ask(QUESTION, "default", 2)
     # Both documents were in the prompt, and the model kept to its instructions.
     assert {Path(c.source).name for c in answer.citations} == {"badges.md", "notice.md"}
     assert "pwned" not in answer.answer.lower()
@@ -74,10 +75,10 @@ def test_a_prompt_injection_document_does_not_change_the_answer(
 
 
 def test_a_question_the_documents_do_not_answer_is_not_found_without_the_llm(
-    tmp_path: Path, embedder: Embedder, engine: MlxEngine
+    tmp_path: Path, embedder: Embedder, any_engine: Engine
 ) -> None:
     store = _index(tmp_path, embedder, {"badges.md": BADGES})
-    answerer = _answerer(store, embedder, engine)
+    answerer = _answerer(store, embedder, any_engine)
     started = time.perf_counter()
     items = list(answerer.stream("What is the capital of Australia?", "default", 2))
     assert time.perf_counter() - started < 10  # no prefill, which alone takes longer here
@@ -89,7 +90,7 @@ def test_a_question_the_documents_do_not_answer_is_not_found_without_the_llm(
 
 
 def test_a_follow_up_is_searched_standalone_and_its_markers_map_to_citations(
-    tmp_path: Path, embedder: Embedder, engine: MlxEngine
+    tmp_path: Path, embedder: Embedder, any_engine: Engine
 ) -> None:
     store = _index(
         tmp_path,
@@ -105,7 +106,7 @@ def test_a_follow_up_is_searched_standalone_and_its_markers_map_to_citations(
         {"role": "assistant", "content": "It is blocked [1]."},
     ]
     items = list(
-        _answerer(store, embedder, engine).stream(
+        _answerer(store, embedder, any_engine).stream(
             "How soon must it be reported?", "default", 2, history=history
         )
     )

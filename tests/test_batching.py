@@ -5,14 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rag.batching import Batcher
-from rag.engine import Generation, MlxEngine
+from rag.engine import MlxEngine
+from rag.generation import Generation
 from rag.prompts import SYSTEM_PROMPT
 from rag.records import Delta
+from tests.conftest import FAST_LLM_ENV, start_server, stop_server
 
 pytestmark = pytest.mark.slow  # runs the LLM
 
@@ -170,9 +173,21 @@ def test_quantized_kv_falls_back_to_one_at_a_time(
     assert "Paris" in results[0].text or results[0].completion_tokens == 6
 
 
-def test_the_service_streams_concurrent_answers_together(server: str) -> None:
+@pytest.fixture(scope="module")
+def mlx_server(sample_data_dir: Path) -> Iterator[str]:
+    """`rag serve` on MLX (llm.engine = "mlx"), which batches; "auto" may pick llama.cpp."""
+    proc, base = start_server(sample_data_dir, RAG_LLM_ENGINE="mlx", **FAST_LLM_ENV)
+    try:
+        yield base
+    finally:
+        stop_server(proc)
+
+
+def test_the_service_streams_concurrent_answers_together(mlx_server: str) -> None:
     """Two streamed questions at once over HTTP: the second does not wait for the first."""
     import httpx
+
+    server = mlx_server
 
     events: dict[int, list[tuple[float, str]]] = {0: [], 1: []}
 

@@ -133,7 +133,8 @@ def test_every_setting_the_deployment_sets_exists() -> None:
         if command.cmd == "ENV":
             pairs = dict(zip(command.value[::2], command.value[1::2], strict=True))
             env.update({k: v for k, v in pairs.items() if k.startswith("RAG_")})
-        if command.cmd == "COPY":
+        # COPY --from takes files from a build stage, not from the repository.
+        if command.cmd == "COPY" and not any(f.startswith("--from") for f in command.flags):
             for source in command.value[:-1]:
                 assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
     assert {"RAG_STORAGE_DATA_DIR", "RAG_EMBEDDING_BACKEND"} <= set(env)

@@ -42,6 +42,21 @@ def test_fresh_install_on_this_machine_passes_with_the_cpu_backend_explained(
         assert checks[name]["status"] == "ok", checks[name]
     assert "no index yet" in checks["index"]["evidence"]
     assert not (tmp_path / "data").exists()  # the doctor only looks
+    # No GPU for MLX here: llm.engine = "auto" runs llama.cpp, and says why.
+    engine = checks["llm engine"]
+    assert engine["status"] == "ok", engine
+    assert engine["evidence"].startswith("llamacpp (cpu): auto: no GPU"), engine
+    assert (
+        "llama-cpp-python" in engine["evidence"] and "one request at a time" in engine["evidence"]
+    )
+
+
+def test_mlx_chosen_on_a_cpu_is_warned_about_with_the_numbers(tmp_path: Path) -> None:
+    code, _, checks = _doctor(tmp_path / "data", RAG_LLM_ENGINE="mlx")
+    engine = checks["llm engine"]
+    assert code == 0 and engine["status"] == "warn", engine
+    assert "about 10x slower" in engine["evidence"] and "~290" in engine["evidence"]
+    assert engine["fix"] == 'set llm.engine = "auto" (llama.cpp on this machine)'
 
 
 def test_human_output_is_one_line_per_check_with_fixes(tmp_path: Path) -> None:

@@ -7,8 +7,9 @@ import pytest
 
 from rag.answer import Answerer
 from rag.embedder import Embedder
-from rag.engine import Generation, MlxEngine
+from rag.engine import MlxEngine
 from rag.errors import ContextOverflowError
+from rag.generation import Generation
 from rag.records import Delta, Passage
 from rag.store import Store
 

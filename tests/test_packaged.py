@@ -242,7 +242,8 @@ def test_the_converted_qwen_answers_what_llama_cpp_answers(converted_qwen: Path)
     from mlx_lm.generate import generate_step
 
     from rag.cputune import tune_model
-    from rag.engine import model_path, render_chat
+    from rag.generation import render_chat
+    from rag.packaged import model_path
 
     config = json.loads((converted_qwen / "config.json").read_text())
     assert config["model_type"] == "qwen2"

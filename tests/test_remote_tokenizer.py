@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from rag.engine import model_path, render_chat
 from rag.errors import ModelLoadError
+from rag.generation import render_chat
+from rag.packaged import model_path
 from rag.remote import load_tokenizer
 
 MESSAGES = [

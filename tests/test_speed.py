@@ -264,7 +264,7 @@ def test_the_mlx_probe_times_4_bit_matmuls(tmp_path: Path) -> None:
 def test_rag_plan_sets_predictions_against_measured_answers(tmp_path: Path) -> None:
     data, cache = tmp_path / "data", tmp_path / "cache"
     here = detect_hardware()
-    engine = speed_engine(Settings().llm.engine, here.backend)
+    engine = speed_engine(Settings().llm)
     identity = hardware_identity(here.chip, here.total_memory_bytes, here.backend, engine)
     store_speed(cache, dataclasses.replace(_speed(*ISSUE_MACHINE), identity=identity))
     ledger = UsageLedger(data)

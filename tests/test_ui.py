@@ -62,6 +62,8 @@ def test_status_panel_shows_the_doctor_checks(page) -> None:
     text = page.inner_text("#checks")
     assert "model fit" in text and "mlx backend" in text
     assert "weights" in page.inner_text("#plan") and "budget" in page.inner_text("#plan")
+    # Which engine runs and why, from /api/plan; /ready's line names it too.
+    assert "auto:" in page.inner_text("#choice") and "auto:" in page.inner_text("#engine")
     assert "tokens/s" in page.inner_text("#speed")
     page.screenshot(path=str(ARTIFACTS / "ui-status.png"), full_page=True)
 

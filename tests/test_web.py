@@ -18,6 +18,9 @@ def test_health_ready_and_openapi(server: str) -> None:
     ready = httpx.get(f"{server}/ready").json()
     assert ready["status"] == "ready"
     assert ready["llm"].startswith("SmolLM2")
+    # The engine that runs, and why (llm.engine = "auto" in the test config).
+    engine = ready["engine"]
+    assert engine["kind"] in ("mlx", "llamacpp") and engine["reason"].startswith("auto: ")
     schema = httpx.get(f"{server}/schema/openapi.json").json()
     assert "/api/ask" in schema["paths"]
 
@@ -157,11 +160,15 @@ def test_plan_endpoint_matches_rag_plan(server: str) -> None:
     assert plan["hardware"]["backend"] in ("cpu", "cuda", "metal")
     assert plan["budget_bytes"] > plan["configured"]["weights_bytes"]
     assert len(plan["models"]) >= 20
+    # The engine that runs and why; llama.cpp generates one request at a time.
+    engine = plan["engine"]
+    assert engine["reason"].startswith("auto: ") and engine["max_concurrency"] in (0, 1)
+    assert plan["concurrency"] == 1 if engine["kind"] == "llamacpp" else plan["concurrency"] >= 1
 
 
 def test_doctor_endpoint_runs_the_same_checks(server: str) -> None:
     result = httpx.get(f"{server}/api/doctor", timeout=60).json()
     names = {c["name"] for c in result["checks"]}
-    assert {"mlx backend", "model fit", "disk", "port"} <= names
+    assert {"mlx backend", "llm engine", "model fit", "disk", "port"} <= names
     port = next(c for c in result["checks"] if c["name"] == "port")
     assert port["status"] == "ok"

@@ -80,6 +80,7 @@ async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         {
             "status": "ready",
             "llm": answerer.engine.name,
+            "engine": answerer.engine.info.to_json(),
             "embedding_model": answerer.embedder.name,
             "context_tokens": answerer.context_tokens,
             "auth": auth,
@@ -126,11 +127,18 @@ async def ask(
     summary="The memory plan: machine, model, context, what fits and why",
 )
 async def memory_plan(request: Request[Any, Any, Any], caller: Caller) -> dict[str, Any]:
+    from rag.enginechoice import choose_engine
     from rag.sizing import size_machine
 
+    host = _host(request)
     # Reads model metadata from disk: off the event loop, but not on the busy model thread.
-    sizing = await asyncio.to_thread(size_machine, _host(request).settings)
-    return sizing.to_json()
+    sizing = await asyncio.to_thread(size_machine, host.settings)
+    # The engine that runs (once loaded), else the one llm.engine resolves to, and why.
+    if host.answerer is not None:
+        engine = host.answerer.engine.info.to_json()
+    else:
+        engine = (await asyncio.to_thread(choose_engine, host.settings.llm)).to_json()
+    return {**sizing.to_json(), "engine": engine, "concurrency": host.concurrency}
 
 
 @get(

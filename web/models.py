@@ -3,7 +3,8 @@
 Models load in the background so `/health` answers at once and `/ready` says when questions
 can be asked. The event loop never blocks: each admitted request runs on a worker thread.
 Generation goes through the engine's one generation thread, which batches up to the planned
-concurrency of requests (rag.batching) and is the only thread that runs MLX. The other model
+concurrency of requests (rag.batching; llama.cpp: one at a time) and is the only thread that
+runs the model. The other model
 work (embedding, tokenizing, searching) holds the model lock, so the embedder and the
 tokenizer never see two threads at once; a request gives the lock up while it waits for its
 tokens.
@@ -81,15 +82,12 @@ class ModelHost:
             answerer = load_answerer(self.settings, read_consistency_s=READ_CONSISTENCY_S)
             self.concurrency = answerer.concurrency(self.settings.llm.concurrency)
             answerer.engine.start_batching(self.concurrency, idle=self._unlocked)
-            batcher = answerer.engine.batcher  # None: a remote server batches
             track_memory(answerer.planned_mlx_bytes)
             self.answerer = answerer
             log.info(
-                "models loaded; generating up to %d requests at once%s",
+                "models loaded; engine %s; generating up to %d requests at once",
+                answerer.engine.info.describe(),
                 self.concurrency,
-                ""
-                if batcher is None or batcher.batched
-                else " (one at a time: this KV cache cannot be batched)",
             )
         except RagError as e:
             self.load_error = e.message
