@@ -97,7 +97,7 @@ class RetrievalSettings:
 @dataclass(frozen=True)
 class LlmSettings:
     engine: str = "auto"
-    model: str = "bundled"
+    model: str = "auto"
     context_tokens: int = 2048
     answer_tokens: int = 160
     temperature: float = 0.0

@@ -29,6 +29,9 @@ SAMPLES = ROOT / "samples"
 RAG = Path(sys.executable).parent / "rag"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite answers with the tiny bundled model, for speed; "auto" (the default, the model
+# the planner picks) is what tests that say so use.
+TEST_MODEL = "bundled"
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +42,7 @@ def embedder() -> Embedder:
 @pytest.fixture(scope="session")
 def engine() -> MlxEngine:
     """The MLX engine (llm.engine = "mlx"), whatever "auto" would pick here."""
-    return load_mlx_engine(LlmSettings(engine="mlx"))
+    return load_mlx_engine(LlmSettings(engine="mlx", model=TEST_MODEL))
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +51,7 @@ def llamacpp_engine() -> LlamaCppEngine:
     pytest.importorskip("llama_cpp", reason="`make install` builds llama-cpp-python")
     from rag.llamacpp import load_llamacpp_engine
 
-    return load_llamacpp_engine(LlmSettings(engine="llamacpp"))
+    return load_llamacpp_engine(LlmSettings(engine="llamacpp", model=TEST_MODEL))
 
 
 @pytest.fixture(params=["mlx", "llamacpp"])
@@ -59,7 +62,9 @@ def any_engine(request: pytest.FixtureRequest) -> Engine:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(storage=StorageSettings(data_dir=str(tmp_path / "data")))
+    return Settings(
+        storage=StorageSettings(data_dir=str(tmp_path / "data")), llm=LlmSettings(model=TEST_MODEL)
+    )
 
 
 @pytest.fixture
@@ -70,7 +75,8 @@ def store(settings: Settings, embedder: Embedder) -> Store:
 def rag_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """Environment for a `rag` subprocess: its own index, no user config, no network."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
-    env.update(RAG_STORAGE_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1", **extra)
+    env.update(RAG_STORAGE_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1", RAG_LLM_MODEL=TEST_MODEL)
+    env.update(extra)
     env["RAG_CONFIG"] = str(ROOT / "config.toml")
     return env
 

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from rag.config import ServerSettings, Settings, StorageSettings
+from rag.config import LlmSettings, ServerSettings, Settings, StorageSettings
+from tests.conftest import TEST_MODEL
 from web.app import create_app
 
 from .test_hostile_http import assert_error, wait_ready
@@ -156,6 +157,7 @@ def client() -> Iterator[TestClient[Litestar]]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
             storage=StorageSettings(data_dir=str(Path(tmp) / "data")),
+            llm=LlmSettings(model=TEST_MODEL),
             server=ServerSettings(rate_limit_per_min=0, request_timeout_s=30),
         )
         app = create_app(settings)

@@ -23,7 +23,8 @@ from litestar import Litestar, get
 from litestar.testing import TestClient
 
 from rag.apikeys import add_key
-from rag.config import ServerSettings, Settings, StorageSettings
+from rag.config import LlmSettings, ServerSettings, Settings, StorageSettings
+from tests.conftest import TEST_MODEL
 from web.app import create_app
 
 from .conftest import start_server
@@ -56,6 +57,7 @@ def keyed() -> Iterator[dict[str, Any]]:
         }
         settings = Settings(
             storage=StorageSettings(data_dir=str(data)),
+            llm=LlmSettings(model=TEST_MODEL),
             server=ServerSettings(metrics_token=SCRAPE_TOKEN),
         )
         app = create_app(settings)
@@ -146,7 +148,12 @@ def test_metrics_need_the_scrape_token_once_keys_exist(keyed: dict[str, Any]) ->
 
 
 def test_metrics_stay_open_without_keys(tmp_path: Path) -> None:
-    app = create_app(Settings(storage=StorageSettings(data_dir=str(tmp_path / "data"))))
+    app = create_app(
+        Settings(
+            storage=StorageSettings(data_dir=str(tmp_path / "data")),
+            llm=LlmSettings(model=TEST_MODEL),
+        )
+    )
     with TestClient(app, base_url="http://localhost") as client:
         assert client.get("/metrics").status_code == 200
 

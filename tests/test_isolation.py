@@ -25,7 +25,8 @@ import httpx
 import pytest
 
 from rag.apikeys import add_key
-from rag.config import Settings, StorageSettings
+from rag.config import LlmSettings, Settings, StorageSettings
+from tests.conftest import TEST_MODEL
 
 from .conftest import start_server, stop_server
 
@@ -116,7 +117,9 @@ def route_table() -> set[tuple[str, str]]:
     from web.app import create_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        app = create_app(Settings(storage=StorageSettings(data_dir=tmp)))
+        app = create_app(
+            Settings(storage=StorageSettings(data_dir=tmp), llm=LlmSettings(model=TEST_MODEL))
+        )
         mounts = {(ANY, route.path_format) for route in app.routes if isinstance(route, ASGIRoute)}
         return mounts | {
             (method, route.path_format)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rag.catalog import CATALOG, catalog_spec
-from rag.config import EmbeddingSettings, HardwareSettings, Settings, StorageSettings
+from rag.config import EmbeddingSettings, HardwareSettings, LlmSettings, Settings, StorageSettings
 from rag.engine import MlxEngine
 from rag.errors import InsufficientMemoryError
 from rag.hardware import GB, GIB, apple_bandwidth_bytes_per_s, simulate_hardware
@@ -23,6 +23,7 @@ from rag.planner import (
     plan,
     weights_bytes,
 )
+from tests.conftest import TEST_MODEL
 
 from .conftest import RAG, ROOT, rag_env
 
@@ -248,6 +249,7 @@ def test_the_answerer_context_is_capped_at_what_the_memory_limit_holds(tmp_path:
 
     settings = Settings(
         storage=StorageSettings(data_dir=str(tmp_path / "data")),
+        llm=LlmSettings(model=TEST_MODEL),
         hardware=HardwareSettings(memory_limit_gb=0.35),
     )
     served = plan_configured(settings, resolve_hardware(settings.hardware))
