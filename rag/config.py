@@ -111,7 +111,7 @@ class LlmSettings:
     connect_timeout_s: float = 10.0
     # What llm.model = "auto" asks of a model besides fitting (rag.modelchoice).
     typical_prompt_tokens: int = 1000
-    target_ttft_s: float = 15.0
+    target_ttft_s: float = 20.0
     target_tokens_per_s: float = 5.0
     cache_dir: str = "~/.cache/rag/models"
 

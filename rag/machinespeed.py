@@ -32,6 +32,7 @@ from rag.config import LlmSettings, Settings
 from rag.errors import ModelLoadError
 from rag.hardware import Hardware, apple_chip, apple_gpu_flops_per_s
 from rag.modelspec import ModelSpec
+from rag.packaged import PackagedModel, installed_models
 
 # Raise when the probe changes what it measures: older records are then measured again.
 PROBE_VERSION = 1
@@ -79,11 +80,17 @@ class MachineSpeed:
 
 
 def hardware_identity(
-    chip: str, total_memory_bytes: int, backend: str, engine: str, threads: int = 0
+    chip: str,
+    total_memory_bytes: int,
+    backend: str,
+    engine: str,
+    threads: int = 0,
+    probe_model: str = "",
 ) -> dict:
     """What a measurement holds for: another value of any of these means measuring again.
 
-    `threads`: the engine's threads (llm.cpu_threads); 0, every usable core.
+    `threads`: the engine's threads (llm.cpu_threads); 0, every usable core. `probe_model`:
+    the model the probe runs, where it runs an installed one (llama.cpp).
     """
     cores = _usable_cores()
     return {
@@ -96,6 +103,7 @@ def hardware_identity(
         "library": _library_version(engine),
         "machine": platform.machine(),
         "probe_version": PROBE_VERSION,
+        "probe_model": probe_model,
     }
 
 
@@ -196,17 +204,28 @@ def _probe_llamacpp(path: Path, threads: int) -> MachineSpeed:
     llm.eval(ids[:16])  # warm-up: first-call allocations and page faults
     llm.reset()  # the next eval overwrites the cache from position 0
     # In chunks, so that a machine busy with other work ends the probe early rather than
-    # late: the rates come from what was done when the time was up.
-    prompt, begun = 0, time.perf_counter()
-    while prompt < PROMPT_TOKENS and (prompt < PROBE_CHUNK_TOKENS or _since(begun) < PHASE_S):
-        llm.eval(ids[prompt : prompt + PROBE_CHUNK_TOKENS])
-        prompt += PROBE_CHUNK_TOKENS
-    prefill_s = _since(begun)
-    written, begun = 0, time.perf_counter()
-    while written < DECODE_TOKENS and (written < 4 or _since(begun) < PHASE_S):
-        llm.eval([ids[written]])
-        written += 1
-    decode_s = _since(begun)
+    # late: the rates come from what was done when the time was up. Other work only ever
+    # slows a step down, so each phase is timed by its fastest steps: the machine's speed,
+    # not the moment's.
+    chunk_s: list[float] = []
+    begun = time.perf_counter()
+    while len(chunk_s) * PROBE_CHUNK_TOKENS < PROMPT_TOKENS and (
+        not chunk_s or _since(begun) < PHASE_S
+    ):
+        start = len(chunk_s) * PROBE_CHUNK_TOKENS
+        step = time.perf_counter()
+        llm.eval(ids[start : start + PROBE_CHUNK_TOKENS])
+        chunk_s.append(_since(step))
+    prompt = len(chunk_s) * PROBE_CHUNK_TOKENS
+    prefill_s = min(chunk_s) * len(chunk_s)
+    token_s: list[float] = []
+    begun = time.perf_counter()
+    while len(token_s) < DECODE_TOKENS and (len(token_s) < 4 or _since(begun) < PHASE_S):
+        step = time.perf_counter()
+        llm.eval([ids[len(token_s)]])
+        token_s.append(_since(step))
+    written = len(token_s)
+    decode_s = sorted(token_s)[written // 4] * written  # the lower quartile's pace
     llm.close()
     speed = llamacpp_speed(spec, prompt, prefill_s, written, decode_s)
     return dataclasses.replace(speed, probe={"model": path.name, "threads": threads, **speed.probe})
@@ -359,6 +378,17 @@ def speed_engine(settings: LlmSettings) -> str | None:
     return choice.kind if choice.local else None
 
 
+def probe_model(engine: str) -> PackagedModel | None:
+    """The model llama.cpp's probe runs: the largest installed packaged one.
+
+    Predictions for models of its size then rest on its own timings rather than on a 135M
+    model's, whose per-layer overheads dominate; installing a larger one measures again.
+    """
+    if engine != "llamacpp":
+        return None
+    return next(iter(installed_models()), None)
+
+
 def speed_for(
     settings: Settings, hardware: Hardware, *, measure: bool = False
 ) -> MachineSpeed | None:
@@ -370,11 +400,19 @@ def speed_for(
     engine = speed_engine(settings.llm)
     if engine is None:
         return None
+    largest = probe_model(engine)
     identity = hardware_identity(
         hardware.chip,
         hardware.total_memory_bytes,
         hardware.backend,
         engine,
         settings.llm.cpu_threads,
+        largest.name if largest else "",
     )
-    return machine_speed(settings.hardware.speed_cache_path, identity, measure=measure)
+    directory = settings.hardware.speed_cache_path
+    cached = None if measure else cached_speed(directory, identity)
+    if cached is not None:
+        return cached
+    # Only now the model's path: a packaged model is joined on first use.
+    probe_path = largest.path(settings.llm.cache_path) if largest is not None else None
+    return machine_speed(directory, identity, measure=True, model_path=probe_path)

@@ -20,6 +20,7 @@ from rag.machinespeed import (
     hardware_identity,
     llamacpp_speed,
     machine_speed,
+    probe_model,
     speed_engine,
     store_speed,
 )
@@ -100,12 +101,12 @@ def test_auto_takes_the_largest_model_fast_enough_for_the_machine(
     assert choice.met_targets is met
     other = next(model for model, _ in CANDIDATES if model != chosen)
     if met:
-        assert choice.plan.ttft_s <= 15 and choice.plan.typical_decode_tokens_per_s >= 5
+        assert choice.plan.ttft_s <= 20 and choice.plan.typical_decode_tokens_per_s >= 5
         if chosen == "bundled":
             assert choice.rejected[other].startswith("too slow: first token after")
     else:
         assert "no model that fits meets the speed targets" in choice.reason
-        assert "target 15 s" in choice.reason
+        assert "target 20 s" in choice.reason
         assert choice.rejected[other].startswith("too slow")
 
 
@@ -265,7 +266,10 @@ def test_rag_plan_sets_predictions_against_measured_answers(tmp_path: Path) -> N
     data, cache = tmp_path / "data", tmp_path / "cache"
     here = detect_hardware()
     engine = speed_engine(Settings().llm)
-    identity = hardware_identity(here.chip, here.total_memory_bytes, here.backend, engine)
+    largest = probe_model(engine)
+    identity = hardware_identity(
+        here.chip, here.total_memory_bytes, here.backend, engine, 0, largest.name if largest else ""
+    )
     store_speed(cache, dataclasses.replace(_speed(*ISSUE_MACHINE), identity=identity))
     ledger = UsageLedger(data)
     for i, (ttft, rate) in enumerate([(0.5, 100.0), (0.7, 120.0), (0.6, 110.0)]):
@@ -281,8 +285,8 @@ def test_rag_plan_sets_predictions_against_measured_answers(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["speed"]["identity"] == identity
-    assert result["targets"] == {"ttft_s": 15.0, "tokens_per_s": 5.0}
-    bundled = next(m for m in result["installed"] if m["spec"] == "bundled")
+    assert result["targets"] == {"ttft_s": 20.0, "tokens_per_s": 5.0}
+    bundled = next(m for m in result["installed"] if m["spec"] == SMOL.name)
     assert bundled["ttft_s"] > 0 and bundled["typical_decode_tokens_per_s"] > 0
     assert bundled["measured"] == {
         "requests": 3,
@@ -291,7 +295,8 @@ def test_rag_plan_sets_predictions_against_measured_answers(tmp_path: Path) -> N
         "prefill_tokens_per_s": 500.0,
         "tokens_per_s": 110.0,
     }
-    assert result["auto"]["model"] == "bundled" and result["auto"]["met_targets"]
+    # On the issue's 2-core machine the 1.5B model is fast enough, and so the one taken.
+    assert result["auto"]["model"] == "qwen2.5-coder-1.5b" and result["auto"]["met_targets"]
     # The memory contract is unchanged.
     assert {"hardware", "budget_bytes", "configured", "chosen", "models"} <= result.keys()
     assert all("ttft_s" in m and "decode_tokens_per_s" in m for m in result["models"])
@@ -304,7 +309,7 @@ def test_rag_plan_sets_predictions_against_measured_answers(tmp_path: Path) -> N
         timeout=120,
     )
     assert text.returncode == 0, text.stderr
-    assert 'llm.model = "auto" takes bundled' in text.stdout
+    assert 'llm.model = "auto" takes qwen2.5-coder-1.5b' in text.stdout
     assert "measured TTFT" in text.stdout and "0.6s" in text.stdout
 
 
