@@ -332,11 +332,13 @@ def load_llamacpp_engine(
             f'llm.engine = "llamacpp" runs GGUF files, and llm.model = {settings.model!r} is '
             'not one: give a .gguf file, or set llm.engine = "mlx" for an MLX model'
         )
-    # ggml's OpenMP threads spin while they wait; on a machine where other processes want
-    # the same cores that spinning starves them all (measured on a busy 2-core VM: decode
-    # 0.2-0.4 tokens/s with 2 spinning threads, 11.5 with passive waits). Read by the
-    # OpenMP runtime when llama_cpp loads it; an operator's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    # ggml's OpenMP threads spin while they wait for each other (libgomp spins 300,000 times
+    # before it sleeps). Where other processes want the same cores that starves everyone;
+    # never spinning costs 3x on an idle machine. Measured on 2 cores, 135M model, decode
+    # tokens/s idle / on a busy machine (load 6-15): default spin 79-109 / 0.2-0.4; passive
+    # 28-31 / 11-19; 1,000 spins 70-100 / 12-14. Read when llama_cpp loads libgomp; an
+    # operator's own setting wins.
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     try:
         import llama_cpp
     except (ImportError, OSError) as e:
