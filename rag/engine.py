@@ -33,7 +33,7 @@ from rag.config import LlmSettings
 from rag.errors import ModelLoadError
 from rag.generation import Cancelled, end_of_turn_token, parse_stop
 from rag.localengine import LocalEngine
-from rag.packaged import model_path
+from rag.packaged import model_name, model_path
 from rag.planner import PREFILL_STEP_TOKENS
 
 if TYPE_CHECKING:
@@ -263,9 +263,9 @@ def load_mlx_engine(settings: LlmSettings, *, tune: bool = True, reason: str = "
 
         model, tokenizer, config = load_gguf(path, tune=tune, cpu_threads=settings.cpu_threads)
         max_context = int(config["max_position_embeddings"])
-        return MlxEngine(path.stem, model, tokenizer, max_context, **options)
+        return MlxEngine(model_name(spec), model, tokenizer, max_context, **options)
     model, tokenizer, max_context = _load_mlx(spec, path, tune, settings.cpu_threads)
-    return MlxEngine(Path(spec).name, model, tokenizer, max_context, **options)
+    return MlxEngine(model_name(spec), model, tokenizer, max_context, **options)
 
 
 def _load_mlx(

@@ -324,7 +324,7 @@ def load_llamacpp_engine(
     settings: LlmSettings, *, context_tokens: int | None = None, reason: str = ""
 ) -> LlamaCppEngine:
     """llm.model (a GGUF file) on llama.cpp, with an n_ctx of `context_tokens` (the plan's)."""
-    from rag.packaged import model_path
+    from rag.packaged import model_name, model_path
 
     path = model_path(settings.model, settings.cache_path)
     if path.suffix != ".gguf":
@@ -372,7 +372,7 @@ def load_llamacpp_engine(
         raise ModelLoadError(f"llama.cpp cannot load {path}: {e}") from e
     backend = ("metal" if sys.platform == "darwin" else "gpu") if offload else "cpu"
     return LlamaCppEngine(
-        path.stem,
+        model_name(settings.model),
         llama,
         tokenizer,
         n_ctx,

@@ -319,3 +319,13 @@ def model_path(spec: str, cache_dir: Path | None = None) -> Path:
     into `cache_dir`, llm.cache_dir, on first use) or a path."""
     packaged = packaged_model(spec)
     return packaged.path(cache_dir) if packaged else Path(spec).expanduser()
+
+
+def model_name(spec: str) -> str:
+    """The name the answer model goes by (/v1/models, usage, metrics, `rag plan`): a
+    packaged model's own name, else its file's or directory's."""
+    packaged = packaged_model(spec)
+    if packaged is not None:
+        return packaged.name
+    path = Path(spec).expanduser()
+    return path.stem if path.suffix == ".gguf" else path.name
