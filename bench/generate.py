@@ -17,7 +17,13 @@ and a question, exactly as `rag ask` builds it), greedy decoding:
 4. llama.cpp: LlamaCppEngine.stream (the engine on CPU-only machines; prefix cache off and
    the KV cleared, so both prefill every token) against raw llama-cpp-python's
    `Llama.generate` (the loop `create_completion` runs) on the same Llama object; greedy.
-   Target >= 0.95. `--llamacpp-only` runs this section alone.
+   Target >= 0.95.
+5. llama.cpp against MLX's CPU backend: section 4's engine rates over section 1's, the same
+   bundled GGUF and prompt (why `llm.engine = "auto"` takes llama.cpp on a CPU-only machine).
+6. the default model (`llm.model = "auto"` as the config resolves it here): time to first
+   token and decode tokens/s of one request with a `llm.typical_prompt_tokens` prompt, with
+   the planner's prediction beside each (target: within 25%).
+`--llamacpp-only` runs sections 4 and 6 alone (no MLX).
 
 The peak memory of the request is shown against the planner's prediction. Comparisons in 1
 and 2 run palindromically (A B B A, A B C C B A) and average each side's two runs, so a load
@@ -191,6 +197,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.llamacpp_only:
         llamacpp_vs_raw(args.prompt_tokens, args.answer_tokens)
+        default_model_vs_plan(args.answer_tokens)
         return
 
     import mlx.core as mx
@@ -202,7 +209,7 @@ def main() -> None:
 
     backend = detect_hardware().backend
     t0 = time.perf_counter()
-    engine = load_mlx_engine(LlmSettings())
+    engine = load_mlx_engine(LlmSettings(model="bundled"))
     load_s = time.perf_counter() - t0
     ids = rag_prompt(engine, args.prompt_tokens)
     n = args.answer_tokens
@@ -255,7 +262,7 @@ def main() -> None:
     # 2. the CPU tuning: tuned, fp32 scales alone, untuned load.
     print("\n2. CPU backend tuning (rag.cputune), same prompt, 2 runs each")
     if backend == "cpu":
-        untuned_engine = load_mlx_engine(LlmSettings(), tune=False)
+        untuned_engine = load_mlx_engine(LlmSettings(model="bundled"), tune=False)
 
         def fp32_run() -> Rates:
             unshard_matmuls(engine.model)
@@ -328,21 +335,72 @@ def main() -> None:
         f"   throughput batched/sequential: {sequential_s / batched_s:.2f}x "
         f"(target >= 2x on a GPU backend); batched tokens equal sequential: {same}"
     )
-    llamacpp_vs_raw(args.prompt_tokens, args.answer_tokens)
+    llama = llamacpp_vs_raw(args.prompt_tokens, args.answer_tokens)
+    if llama is not None:
+        print("\n5. llama.cpp vs MLX's CPU backend, rag's engines, same GGUF and prompt")
+        print(
+            f"   prefill {llama.prefill_tps:.1f} vs {ours.prefill_tps:.1f} tok/s: "
+            f"{llama.prefill_tps / ours.prefill_tps:.1f}x; decode {llama.decode_tps:.1f} vs "
+            f"{ours.decode_tps:.1f} tok/s: {llama.decode_tps / ours.decode_tps:.1f}x"
+        )
+    default_model_vs_plan(args.answer_tokens)
 
 
-def llamacpp_vs_raw(prompt_tokens: int, answer_tokens: int) -> None:
+def default_model_vs_plan(answer_tokens: int) -> None:
+    """6. The model `auto` picks here: its measured speed beside the planner's prediction."""
+    from rag.config import load_settings
+    from rag.enginechoice import load_engine
+    from rag.hardware import resolve_hardware
+    from rag.machinespeed import speed_for
+    from rag.modelchoice import resolve_model, with_model
+    from rag.sizing import plan_configured
+
+    settings = load_settings()
+    settings = with_model(settings, resolve_model(settings))
+    llm = settings.llm
+    print(f"\n6. the default model ({llm.model}, llm.engine = {llm.engine!r}) vs the plan")
+    hardware = resolve_hardware(settings.hardware)
+    speed = speed_for(settings, hardware)
+    planned = plan_configured(settings, hardware)
+    t0 = time.perf_counter()
+    engine = load_engine(llm, context_tokens=llm.typical_prompt_tokens + answer_tokens + 256)
+    load_s = time.perf_counter() - t0
+    ids = rag_prompt(engine, llm.typical_prompt_tokens)
+    engine.prefixes.clear()
+    _, gen = run_ours(engine, ids, answer_tokens)
+    source = speed.source if speed else "no speed known"
+    print(
+        f"   {engine.info.kind} on {engine.info.backend}, loaded in {load_s:.1f} s; prompt "
+        f"{len(ids)} tokens, answer {gen.completion_tokens} tokens; speed {source}"
+    )
+    rows = [
+        ("time to first token, s", gen.ttft_s, planned.ttft_s),
+        ("decode tokens/s", gen.tokens_per_s, planned.typical_decode_tokens_per_s),
+    ]
+    for label, measured, predicted in rows:
+        if not predicted:
+            print(f"   {label:24} measured {measured:8.2f}  (no prediction)")
+            continue
+        off = measured / predicted - 1
+        verdict = "within 25%" if abs(off) <= 0.25 else "OFF by more than 25%"
+        print(
+            f"   {label:24} measured {measured:8.2f}  predicted {predicted:8.2f}  "
+            f"({off:+.0%}: {verdict})"
+        )
+
+
+def llamacpp_vs_raw(prompt_tokens: int, answer_tokens: int) -> Mean | None:
     """4. rag's llama.cpp engine against raw llama-cpp-python on the same Llama object."""
     import importlib.util
 
     print("\n4. rag LlamaCppEngine.stream vs raw llama-cpp-python Llama.generate, 2 runs each")
     if importlib.util.find_spec("llama_cpp") is None:
         print("   (llama-cpp-python is not installed: `make install` builds it)")
-        return
+        return None
     from rag.llamacpp import load_llamacpp_engine
 
     t0 = time.perf_counter()
-    engine = load_llamacpp_engine(LlmSettings(engine="llamacpp"))
+    engine = load_llamacpp_engine(LlmSettings(engine="llamacpp", model="bundled"))
     load_s = time.perf_counter() - t0
     ids = rag_prompt(engine, prompt_tokens)
     n = answer_tokens
@@ -387,6 +445,7 @@ def llamacpp_vs_raw(prompt_tokens: int, answer_tokens: int) -> None:
         f"   CPU seconds per request: raw {raw.cpu_s:.1f}, ours {ours.cpu_s:.1f}; "
         f"process RSS after the request {gens[-1].peak_memory_bytes / 2**20:.0f} MiB"
     )
+    return ours
 
 
 if __name__ == "__main__":
