@@ -362,7 +362,7 @@ def conversation(sets: list[EvalSet], embedder: Embedder, settings: RetrievalSet
         from rag.config import LlmSettings
         from rag.enginechoice import load_engine
 
-        engine = load_engine(LlmSettings())
+        engine = load_engine(LlmSettings(model="bundled"))
     for es in sets:
         follow = [q for q in es.questions if q.history]
         if not follow:
@@ -395,7 +395,7 @@ def rerank(sets: list[EvalSet], embedder: Embedder, settings: RetrievalSettings,
     from rag.rerank import llm_rerank
 
     print(f"== LLM pointwise rerank of the top {settings.rerank_top} ({n} questions per set)")
-    engine = load_engine(LlmSettings())
+    engine = load_engine(LlmSettings(model="bundled"))
     for es in sets:
         retriever = Retriever(es.store, embedder, settings)
         chosen = [q for q in es.questions if q.answerable][:n]

@@ -75,7 +75,7 @@ def run_checks(settings: Settings) -> list[Check]:
         ("generation server", lambda: check_generation_server(settings.llm)),
         ("disk", lambda: [check_disk(settings)]),
         ("embedding model", lambda: [check_embedding_model(settings.embedding)]),
-        ("llm model", lambda: [check_llm_model(settings.llm)]),
+        ("llm model", lambda: [check_llm_model(chosen_model(settings).llm)]),
         ("index", lambda: check_index(settings)),
         ("port", lambda: [check_port(settings.server)]),
     ]
@@ -87,6 +87,13 @@ def run_checks(settings: Settings) -> list[Check]:
             message = e.message if isinstance(e, RagError) else f"{type(e).__name__}: {e}"
             checks.append(Check(name, FAIL, message, "see docs/troubleshooting.md"))
     return checks
+
+
+def chosen_model(settings: Settings) -> Settings:
+    """`settings` with llm.model = "auto" resolved to the model it picks on this machine."""
+    from rag.modelchoice import resolve_model, with_model
+
+    return with_model(settings, resolve_model(settings))
 
 
 def render_checks(checks: list[Check]) -> str:
