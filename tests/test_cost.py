@@ -100,7 +100,7 @@ def test_rag_report_cost_prints_json_and_a_table(tmp_path: Path) -> None:
 
 def test_the_service_records_each_answer_for_the_report(server: str, sample_data_dir: Path) -> None:
     models = httpx.get(f"{server}/v1/models").json()["data"]
-    llm = next(m["id"] for m in models if m["id"].startswith("SmolLM2"))
+    llm = next(m["id"] for m in models if m["id"].startswith("smollm2"))
     reply = httpx.post(
         f"{server}/v1/chat/completions",
         json={"model": llm, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3},

@@ -59,7 +59,7 @@ def test_two_replicas_on_one_index_behind_nginx_with_prometheus(
                 counted = route_requests(httpx.get(f"{url}/metrics").text, "/api/search")
                 assert counted >= 2, url
             models = httpx.get(f"{lb}/v1/models").json()["data"]
-            llm = next(m["id"] for m in models if m["id"].startswith("SmolLM2"))
+            llm = next(m["id"] for m in models if m["id"].startswith("smollm2"))
             chat = httpx.post(
                 f"{lb}/v1/chat/completions",
                 json={

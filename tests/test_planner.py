@@ -220,7 +220,7 @@ def test_rag_plan_simulates_a_16_gb_m4(tmp_path: Path) -> None:
     chosen = result["chosen"]
     assert 8 <= chosen["text_params"] / 1e9 <= 15
     assert chosen["max_context_tokens"] >= 8192 and chosen["decode_tokens_per_s"] > 5
-    assert result["configured"]["fits"] and result["configured"]["model"].startswith("SmolLM2")
+    assert result["configured"]["fits"] and result["configured"]["model"].startswith("smollm2")
     refused = [m for m in result["models"] if not m["fits"]]
     assert refused and all("budget" in m["reason"] for m in refused)
 
