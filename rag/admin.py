@@ -289,6 +289,42 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{names:<28} {size:>8}  {state}")
 
 
+@models.command("pull")
+@click.argument("name", default="auto")
+@click.option("--set", "set_model", is_flag=True, help="Write llm.model into the config file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+@handle_errors
+def models_pull(ctx: click.Context, name: str, set_model: bool, as_json: bool) -> None:
+    """Fetch a model from the Hugging Face hub into the local hub cache (HF_HUB_CACHE).
+
+    NAME: `auto` (the default: the catalog model `auto` would pick for this machine), a
+    catalog model (mlx-community/Qwen2.5-1.5B-Instruct-4bit) or any hub repo id. Fetched in
+    the format this machine's engine runs: an MLX directory where MLX has a GPU, else one
+    GGUF file for llama.cpp. The free disk is checked first, a broken download continues
+    where it stopped, and every file is checked against the hub's hashes. A model already
+    here is left as it is. --set writes llm.model into the config file.
+    """
+    from rag.modelpull import choose_target, pull, set_config_model
+
+    settings = cli_settings(ctx)
+    target = choose_target(name, settings)
+    say(f"pulling {target.repo_id} ({'GGUF' if target.gguf else 'MLX'}): {target.reason}")
+    done = pull(target, progress=lambda line: say(f"fetching {line}"))
+    result = done.to_json()
+    if set_model:
+        result["config"] = str(set_config_model(done.model))
+    if as_json:
+        emit_json(result)
+        return
+    state = "already here" if done.already_here else f"fetched {done.fetched_bytes / 1e6:.1f} MB"
+    click.echo(f"{done.repo_id}: {state} ({done.size_bytes / 1e6:.1f} MB in {done.snapshot})")
+    if set_model:
+        click.echo(f"llm.model = {done.model!r} written to {result['config']}")
+    else:
+        click.echo(f'to use it: [llm] model = "{done.model}" (or rag models pull --set)')
+
+
 @models.command("convert")
 @click.argument("source")
 @click.argument("directory", type=click.Path(path_type=Path))
