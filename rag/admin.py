@@ -250,11 +250,13 @@ def models() -> None:
 @click.pass_context
 @handle_errors
 def models_list(ctx: click.Context, as_json: bool) -> None:
-    """The packaged models llm.model can name, installed or not.
+    """The packaged models llm.model can name, installed or not, and those pulled from the hub.
 
     A model split across packages is joined into llm.cache_dir on first use; until then
-    its path is where it will be.
+    its path is where it will be. A pulled model (rag models pull) is named by its repo id
+    (a directory) or its .gguf path.
     """
+    from rag.modelpull import pulled_models
     from rag.packaged import PACKAGED_MODELS
 
     cache_dir = cli_settings(ctx).llm.cache_path
@@ -272,12 +274,32 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
                 "ready": model.ready(cache_dir),
                 "packages": len(model.parts),
                 "description": model.description,
+                "source": "packaged",
+            }
+        )
+    for pulled in pulled_models():
+        rows.append(
+            {
+                "name": pulled["model"],
+                "aliases": [],
+                "installed": True,
+                "size_bytes": pulled["size_bytes"],
+                "path": pulled["path"],
+                "ready": True,
+                "packages": 0,
+                "description": f"pulled from the hub: {pulled['name']}",
+                "source": "hub",
+                "repo_id": pulled["name"],
             }
         )
     if as_json:
         emit_json(rows)
         return
     for row in rows:
+        if row["source"] == "hub":
+            size = f"{row['size_bytes'] / 1e9:.2f} GB"
+            click.echo(f"{row['repo_id']:<28} {size:>8}  pulled; llm.model = {row['name']}")
+            continue
         names = ", ".join([row["name"], *row["aliases"]])
         size = f"{row['size_bytes'] / 1e9:.2f} GB"
         if not row["installed"]:

@@ -346,3 +346,29 @@ def set_config_model(model: str, path: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(after)
     return path
+
+
+def pulled_models(cache_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The hub models in the local cache, each with the llm.model value that names it."""
+    from huggingface_hub import constants
+
+    cache = Path(cache_dir or constants.HF_HUB_CACHE)
+    found = []
+    for repo_dir in sorted(cache.glob("models--*")):
+        ref = repo_dir / "refs" / "main"
+        snapshot = repo_dir / "snapshots" / (ref.read_text().strip() if ref.is_file() else "")
+        if not ref.is_file() or not snapshot.is_dir():
+            continue
+        files = [p for p in snapshot.rglob("*") if p.is_file()]
+        repo_id = repo_dir.name.removeprefix("models--").replace("--", "/", 1)
+        ggufs = sorted(p for p in files if p.suffix == ".gguf")
+        directory = any(p.suffix == ".safetensors" for p in files)
+        found.append(
+            {
+                "name": repo_id,
+                "model": repo_id if directory or not ggufs else str(ggufs[0]),
+                "size_bytes": sum(p.stat().st_size for p in files),
+                "path": str(snapshot),
+            }
+        )
+    return found

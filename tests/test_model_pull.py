@@ -156,9 +156,7 @@ def hub() -> Iterator[FakeHub]:
     server.server_close()
 
 
-def _pull(
-    hub: FakeHub, tmp_path: Path, *args: str, engine: str = "llamacpp"
-) -> subprocess.CompletedProcess[str]:
+def _env(hub: FakeHub, tmp_path: Path, engine: str = "llamacpp") -> dict[str, str]:
     env = rag_env(
         tmp_path / "data",
         HF_ENDPOINT=hub.endpoint,  # type: ignore[attr-defined]
@@ -173,6 +171,13 @@ def _pull(
     if not config.exists():
         config.write_text("")
     env["RAG_CONFIG"] = str(config)
+    return env
+
+
+def _pull(
+    hub: FakeHub, tmp_path: Path, *args: str, engine: str = "llamacpp"
+) -> subprocess.CompletedProcess[str]:
+    env = _env(hub, tmp_path, engine)
     cmd = [str(RAG), "models", "pull", *args, "--json"]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
@@ -196,6 +201,17 @@ def test_a_pull_fetches_the_model_and_a_second_pull_is_a_no_op(
     assert "# my settings" in config and "# which model" in config and "# for now" in config
     assert load_settings(tmp_path / "config.toml", env={}).llm.model == got["model"]
 
+    listed = subprocess.run(
+        [str(RAG), "models", "list", "--json"],
+        env=_env(hub, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    pulled = [row for row in json.loads(listed.stdout) if row["source"] == "hub"]
+    assert [(row["repo_id"], row["name"]) for row in pulled] == [("test/tiny-GGUF", got["model"])]
+
     before = len(hub.downloads)
     second = _pull(hub, tmp_path, "test/tiny-GGUF")
     assert second.returncode == 0, second.stderr
@@ -208,7 +224,7 @@ def test_an_mlx_machine_gets_the_model_directory_under_its_repo_id(
 ) -> None:
     from huggingface_hub import snapshot_download
 
-    done = _pull(hub, tmp_path, "test/tiny-mlx", engine="mlx")
+    done = _pull(hub, tmp_path, "test/tiny-mlx", "--set", engine="mlx")
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
     assert got["model"] == "test/tiny-mlx"
@@ -216,6 +232,8 @@ def test_an_mlx_machine_gets_the_model_directory_under_its_repo_id(
     # What rag.catalog does to find a hub id in the cache.
     found = snapshot_download("test/tiny-mlx", cache_dir=tmp_path / "hub", local_files_only=True)
     assert sorted(p.name for p in Path(found).iterdir()) == got["files"]
+    # --set on a config file with no [llm] table adds one.
+    assert load_settings(tmp_path / "config.toml", env={}).llm.model == "test/tiny-mlx"
 
 
 def test_an_interrupted_pull_continues_with_a_range_request(hub: FakeHub, tmp_path: Path) -> None:
