@@ -139,8 +139,9 @@ def _auto_choice(settings: Settings, candidates: list[tuple[str, Any]]) -> tuple
         settings.llm.answer_tokens,
     )
     if choice.model is None:
-        raise UsageError(f"auto: {choice.reason}; no catalog model to pull fits this machine")
-    return choice.model, choice.reason
+        raise UsageError("auto: no catalog model to pull fits this machine")
+    # choose_model_spec speaks of installed models; here the candidates are the catalog's.
+    return choice.model, "auto: " + choice.reason.replace("installed model", "catalog model")
 
 
 def free_disk_bytes(path: Path) -> int:
@@ -193,14 +194,20 @@ def pull(
 
 def _list_files(target: Target) -> tuple[str, list[HubFile]]:
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import RepositoryNotFoundError
 
+    if constants.HF_HUB_OFFLINE:
+        raise UsageError("HF_HUB_OFFLINE is set: unset it (or set it to 0) to pull from the hub")
     try:
         info = HfApi(endpoint=constants.ENDPOINT).model_info(target.repo_id, files_metadata=True)
     except RepositoryNotFoundError as e:
         raise ModelLoadError(f"{target.repo_id}: no such model on {constants.ENDPOINT}") from e
-    except (HfHubHTTPError, OSError) as e:
-        raise ModelLoadError(f"cannot list {target.repo_id} on {constants.ENDPOINT}: {e}") from e
+    except Exception as e:
+        # The hub's HTTP errors and httpx's transport errors (not OSErrors) alike.
+        raise ModelLoadError(
+            f"cannot list {target.repo_id} on {constants.ENDPOINT} "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
     files = [
         HubFile(
             s.rfilename,

@@ -13,6 +13,7 @@ import http.server
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -275,3 +276,14 @@ def test_a_model_larger_than_the_free_disk_is_refused_before_any_download(
     assert huge.returncode != 0
     assert f"{10**18:,} bytes" in huge.stderr and "is free" in huge.stderr
     assert hub.downloads == []
+
+
+def test_an_unreachable_hub_is_a_clear_error(hub: FakeHub, tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    hub.endpoint = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    done = _pull(hub, tmp_path, "test/tiny-GGUF")
+    assert done.returncode != 0
+    assert f"cannot list test/tiny-GGUF on http://127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
