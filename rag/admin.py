@@ -5,6 +5,7 @@ Registered on the `rag` group by rag.cli; heavy modules are imported inside each
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -343,6 +344,8 @@ def models_pull(ctx: click.Context, name: str, set_model: bool, as_json: bool) -
     click.echo(f"{done.repo_id}: {state} ({done.size_bytes / 1e6:.1f} MB in {done.snapshot})")
     if set_model:
         click.echo(f"llm.model = {done.model!r} written to {result['config']}")
+        if os.environ.get("RAG_LLM_MODEL"):
+            say("RAG_LLM_MODEL is set in the environment and overrides the config file")
     else:
         click.echo(f'to use it: [llm] model = "{done.model}" (or rag models pull --set)')
 

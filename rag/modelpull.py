@@ -252,6 +252,19 @@ def _partial_bytes(blobs: Path, f: HubFile) -> int:
 
 def _fetch(repo_id: str, commit: str, f: HubFile, blobs: Path) -> None:
     """Download one file into blobs/, continuing a partial one, and check its hash."""
+    import fcntl
+
+    blobs.mkdir(parents=True, exist_ok=True)
+    # Two pulls of one file would append to the same partial blob: the second waits. The
+    # lock lives where huggingface_hub keeps its own (<cache>/.locks/<repo folder>/).
+    locks = blobs.parent.parent / ".locks" / blobs.parent.name
+    locks.mkdir(parents=True, exist_ok=True)
+    with (locks / (f.blob + ".pull.lock")).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _fetch_locked(repo_id, commit, f, blobs)
+
+
+def _fetch_locked(repo_id: str, commit: str, f: HubFile, blobs: Path) -> None:
     from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
@@ -259,7 +272,6 @@ def _fetch(repo_id: str, commit: str, f: HubFile, blobs: Path) -> None:
     blob = blobs / f.blob
     if blob.is_file() and _matches(blob, f):
         return
-    blobs.mkdir(parents=True, exist_ok=True)
     partial = blobs / (f.blob + _PARTIAL_SUFFIX)
     done = _partial_bytes(blobs, f)
     url = hf_hub_url(repo_id, f.path, revision=commit, endpoint=constants.ENDPOINT)
