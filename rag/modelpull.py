@@ -167,7 +167,8 @@ def pull(
     snapshot = repo_dir / "snapshots" / commit
     missing = [f for f in files if not (snapshot / f.path).is_file()]
     total = sum(f.size_bytes for f in files)
-    model = str(snapshot / files[0].path) if target.gguf else target.repo_id
+    one_gguf = len(files) == 1 and files[0].path.endswith(".gguf")
+    model = str(snapshot / files[0].path) if one_gguf else target.repo_id
     if not missing:
         _write_ref(repo_dir, commit)
         names = tuple(f.path for f in files)
