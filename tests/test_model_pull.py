@@ -49,6 +49,7 @@ class FakeHub:
     downloads: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range)
     cut_after_bytes: int | None = None
     cut: bool = False
+    endpoint: str = ""
 
     def listing(self, repo: str) -> dict[str, object]:
         siblings = []
@@ -151,7 +152,7 @@ def hub() -> Iterator[FakeHub]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    fake.endpoint = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    fake.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     yield fake
     server.shutdown()
     server.server_close()
@@ -160,7 +161,7 @@ def hub() -> Iterator[FakeHub]:
 def _env(hub: FakeHub, tmp_path: Path, engine: str = "llamacpp") -> dict[str, str]:
     env = rag_env(
         tmp_path / "data",
-        HF_ENDPOINT=hub.endpoint,  # type: ignore[attr-defined]
+        HF_ENDPOINT=hub.endpoint,
         HF_HUB_OFFLINE="0",
         HF_HUB_CACHE=str(tmp_path / "hub"),
         HF_HUB_DISABLE_TELEMETRY="1",
@@ -282,7 +283,7 @@ def test_an_unreachable_hub_is_a_clear_error(hub: FakeHub, tmp_path: Path) -> No
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    hub.endpoint = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    hub.endpoint = f"http://127.0.0.1:{port}"
     done = _pull(hub, tmp_path, "test/tiny-GGUF")
     assert done.returncode != 0
     assert f"cannot list test/tiny-GGUF on http://127.0.0.1:{port}" in done.stderr
