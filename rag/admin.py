@@ -5,6 +5,7 @@ Registered on the `rag` group by rag.cli; heavy modules are imported inside each
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -250,11 +251,13 @@ def models() -> None:
 @click.pass_context
 @handle_errors
 def models_list(ctx: click.Context, as_json: bool) -> None:
-    """The packaged models llm.model can name, installed or not.
+    """The packaged models llm.model can name, installed or not, and those pulled from the hub.
 
     A model split across packages is joined into llm.cache_dir on first use; until then
-    its path is where it will be.
+    its path is where it will be. A pulled model (rag models pull) is named by its repo id
+    (a directory) or its .gguf path.
     """
+    from rag.modelpull import pulled_models
     from rag.packaged import PACKAGED_MODELS
 
     cache_dir = cli_settings(ctx).llm.cache_path
@@ -272,12 +275,32 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
                 "ready": model.ready(cache_dir),
                 "packages": len(model.parts),
                 "description": model.description,
+                "source": "packaged",
+            }
+        )
+    for pulled in pulled_models():
+        rows.append(
+            {
+                "name": pulled["model"],
+                "aliases": [],
+                "installed": True,
+                "size_bytes": pulled["size_bytes"],
+                "path": pulled["path"],
+                "ready": True,
+                "packages": 0,
+                "description": f"pulled from the hub: {pulled['name']}",
+                "source": "hub",
+                "repo_id": pulled["name"],
             }
         )
     if as_json:
         emit_json(rows)
         return
     for row in rows:
+        if row["source"] == "hub":
+            size = f"{row['size_bytes'] / 1e9:.2f} GB"
+            click.echo(f"{row['repo_id']:<28} {size:>8}  pulled; llm.model = {row['name']}")
+            continue
         names = ", ".join([row["name"], *row["aliases"]])
         size = f"{row['size_bytes'] / 1e9:.2f} GB"
         if not row["installed"]:
@@ -287,6 +310,44 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
         else:
             state = f"installed; joined on first use into {row['path']}"
         click.echo(f"{names:<28} {size:>8}  {state}")
+
+
+@models.command("pull")
+@click.argument("name", default="auto")
+@click.option("--set", "set_model", is_flag=True, help="Write llm.model into the config file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+@handle_errors
+def models_pull(ctx: click.Context, name: str, set_model: bool, as_json: bool) -> None:
+    """Fetch a model from the Hugging Face hub into the local hub cache (HF_HUB_CACHE).
+
+    NAME: `auto` (the default: the catalog model `auto` would pick for this machine), a
+    catalog model (mlx-community/Qwen2.5-1.5B-Instruct-4bit) or any hub repo id. Fetched in
+    the format this machine's engine runs: an MLX directory where MLX has a GPU, else one
+    GGUF file for llama.cpp. The free disk is checked first, a broken download continues
+    where it stopped, and every file is checked against the hub's hashes. A model already
+    here is left as it is. --set writes llm.model into the config file.
+    """
+    from rag.modelpull import choose_target, pull, set_config_model
+
+    settings = cli_settings(ctx)
+    target = choose_target(name, settings)
+    say(f"pulling {target.repo_id} ({'GGUF' if target.gguf else 'MLX'}): {target.reason}")
+    done = pull(target, progress=lambda line: say(f"fetching {line}"))
+    result = done.to_json()
+    if set_model:
+        result["config"] = str(set_config_model(done.model))
+    if as_json:
+        emit_json(result)
+        return
+    state = "already here" if done.already_here else f"fetched {done.fetched_bytes / 1e6:.1f} MB"
+    click.echo(f"{done.repo_id}: {state} ({done.size_bytes / 1e6:.1f} MB in {done.snapshot})")
+    if set_model:
+        click.echo(f"llm.model = {done.model!r} written to {result['config']}")
+        if os.environ.get("RAG_LLM_MODEL"):
+            say("RAG_LLM_MODEL is set in the environment and overrides the config file")
+    else:
+        click.echo(f'to use it: [llm] model = "{done.model}" (or rag models pull --set)')
 
 
 @models.command("convert")
