@@ -41,16 +41,15 @@ _BREAK = re.compile(r"\n\s*\n|\n(?=\s*(?:\d{1,3}[.)]|[-*\u2022])\s)")
 _LIST_NUMBER = re.compile(r"\d{1,3}[.)]")
 _LIST_PREFIX = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])\s+")
 
-STOP_WORDS = frozenset(
-    """a about above after again all also am an and any are as at be because been before
+_STOP_TEXT = """a about above after again all also am an and any are as at be because been before
     being below between both but by can could did do does doing done down during each either
     else for from further had has have having he her here hers him his how i if in into is
     it its itself just may me might more most must my no nor not now of off on once only or
     other our ours out over own per same shall she should so some such than that the their
     theirs them then there these they this those through to too under until up upon us use
     used using very via was we were what when where whether which while who whom whose why
-    will with within without would yes you your yours sure okay ok thanks please hello""".split()
-)
+    will with within without would yes you your yours sure okay ok thanks please hello"""
+STOP_WORDS = frozenset(_STOP_TEXT.split())
 
 
 class Source(Protocol):
@@ -95,9 +94,7 @@ def stem(word: str) -> str:
 
 def content_words(text: str) -> set[str]:
     """The stemmed tokens of `text` that carry meaning (no stop words, no single letters)."""
-    return {
-        stem(t) for t in _TOKEN.findall(text) if len(t) > 1 and t.lower() not in STOP_WORDS
-    }
+    return {stem(t) for t in _TOKEN.findall(text) if len(t) > 1 and t.lower() not in STOP_WORDS}
 
 
 def key_tokens(sentence: str) -> list[str]:
