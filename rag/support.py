@@ -34,8 +34,9 @@ MAX_SPAN_SENTENCES = 3
 # Words and code-like tokens: `harbor-db`, `ledger-db.conf`, `10.0.0.1`, `snake_case`.
 _TOKEN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_\-./]*[A-Za-z0-9])?")
 _BACKTICKED = re.compile(r"`([^`]+)`")
-# A sentence ends at . ! ? or : before whitespace, with any markers that follow the stop.
-_STOP = re.compile(r"[.!?:](?:\s*\[[\d\s,;]+\])*(?=\s|$)")
+# A sentence ends at . ! or ? before whitespace, with any markers that follow the stop (a
+# colon does not end one: "The command is: harbor-db promote." is one claim).
+_STOP = re.compile(r"[.!?](?:\s*\[[\d\s,;]+\])*(?=\s|$)")
 # A newline before a list item or a blank line ends a sentence too.
 _BREAK = re.compile(r"\n\s*\n|\n(?=\s*(?:\d{1,3}[.)]|[-*\u2022])\s)")
 _LIST_NUMBER = re.compile(r"\d{1,3}[.)]")

@@ -89,6 +89,12 @@ def test_sentences_keep_markers_after_the_stop_and_list_numbers_with_their_item(
     assert pieces == ["First step. [1]", "Then this!", "2. Promote it [2].", "No stop at the end"]
 
 
+def test_a_colon_does_not_cut_a_claim_in_two(runbook: dict[int, Passage]) -> None:
+    [claim] = check_answer("The command is: `harbor-db promote` [1].", [runbook[3]])
+    assert claim.supported and claim.span is not None
+    assert "harbor-db promote" in claim.span.text
+
+
 def test_a_sentence_with_no_claim_is_supported_without_a_span(
     runbook: dict[int, Passage],
 ) -> None:
