@@ -18,6 +18,7 @@ from rag.records import Answer, Delta, Passage, Usage
 from rag.rerank import llm_rerank
 from rag.retrieval import Retriever, is_relevant
 from rag.store import Store
+from rag.support import check_answer
 
 if TYPE_CHECKING:
     from rag.planner import Plan
@@ -217,6 +218,7 @@ class Answerer:
             ),
             dropped=dropped,
             finish_reason=generation.finish_reason,
+            sentences=check_answer(text, kept) if kept else [],
         )
 
     def ask(self, question: str, collection: str, k: int) -> Answer:

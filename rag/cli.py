@@ -316,6 +316,12 @@ def ask(
         emit_json(final.to_json())
         return
     click.echo()
+    unsupported = [s for s in final.sentences if not s.supported]
+    if unsupported:
+        # The streamed text cannot be marked after the fact: the doubtful sentences follow.
+        click.echo("\nNot found in the cited sources:")
+        for s in unsupported:
+            click.echo(f"  - {printable(' '.join(s.text.split()))}  [unsupported]")
     if final.citations:
         click.echo("\nSources:")
         for c in final.citations:

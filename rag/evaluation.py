@@ -10,7 +10,9 @@ of earlier user questions, for follow-up questions.
 Metrics: hit@1, hit@5 and MRR@10 of retrieval over answerable questions; citation precision
 (the share of [n] markers whose passage contains the answer; needs generation); answer
 accuracy (the share of answerable lines whose generated answer contains the line's `answer`,
-compared without case, punctuation or spacing; needs generation); "not found" accuracy on
+compared without case, punctuation or spacing; needs generation); answer support (the share
+of answer sentences that their cited passages support, and the share of answers with an
+unsupported sentence, as rag.support checks them; needs generation); "not found" accuracy on
 unanswerable questions and the share of answerable ones wrongly refused; search latency
 p50/p95. With generation, a follow-up's earlier questions are answered first and their
 answers are the history the follow-up is asked with, as in a real conversation.
@@ -29,7 +31,8 @@ from typing import Any
 
 from rag.errors import UsageError
 from rag.prompts import Message
-from rag.records import Answer, Passage
+from rag.records import Answer, CheckedSentence, Passage
+from rag.support import support_rates
 
 # Ranks looked at: hit@5 needs five, MRR is computed over ten.
 DEPTH = 10
@@ -79,6 +82,8 @@ class QuestionResult:
     # The generated answer holds the expected one (None: not generated, or no `answer`).
     answer_correct: bool | None = None
     answer_text: str | None = None
+    # The generated answer's sentences, checked against their sources (None: not generated).
+    sentences: list[CheckedSentence] | None = None
 
 
 @dataclass
@@ -94,6 +99,8 @@ class EvalReport:
         # A refused answerable line counts as a wrong answer.
         graded = [r for r in answerable if r.question.answer is not None]
         correct = [bool(r.answer_correct) for r in graded]
+        checked = [r for r in self.results if r.sentences is not None]
+        support = support_rates([r.sentences or [] for r in checked])
         return {
             "questions": len(self.results),
             "answerable": len(answerable),
@@ -106,6 +113,8 @@ class EvalReport:
             ),
             "cited_markers": cited if answered else None,
             "answer_accuracy": _share(correct, bool) if answered else None,
+            "supported_sentences": _rounded(support["supported_sentences"]),
+            "answers_with_unsupported": _rounded(support["answers_with_unsupported"]),
             "not_found_accuracy": _share([r.refused for r in unanswerable], bool),
             "false_not_found": _share([r.refused for r in answerable], bool),
             "search_ms": _percentiles([r.search_ms for r in self.results]),
@@ -121,6 +130,12 @@ class EvalReport:
                 }
                 for r in graded
                 if answered and not r.answer_correct
+            ],
+            "unsupported_sentences": [
+                {"question": r.question.question, "sentence": s.text}
+                for r in checked
+                for s in r.sentences or []
+                if not s.supported
             ],
         }
 
@@ -259,6 +274,7 @@ def evaluate(
             result.answer_s = time.perf_counter() - started
             result.refused = reply.not_found or bool(_SAYS_NOT_FOUND.search(reply.answer))
             result.answer_text = reply.answer
+            result.sentences = reply.sentences
             cited = [c for c in reply.citations if c.cited]
             result.cited = len(cited)
             if q.answer is not None:
@@ -280,6 +296,8 @@ def render_report(report: dict[str, Any]) -> str:
         f"citations   precision {pct(report['citation_precision'])}"
         + ("" if report["answer_s"] else "  (run with --generate to measure)"),
         f"answers     accuracy {pct(report['answer_accuracy'])}",
+        f"support     sentences supported {pct(report['supported_sentences'])}  "
+        f"answers with an unsupported claim {pct(report['answers_with_unsupported'])}",
         f"not found   correct on unanswerable {pct(report['not_found_accuracy'])}  "
         f"wrongly on answerable {pct(report['false_not_found'])}"
         + (
@@ -300,7 +318,15 @@ def render_report(report: dict[str, Any]) -> str:
         f"  wrong answer: {w['question']} (expected {w['expected']!r}): {w['answer']!r}"
         for w in report["wrong_answers"]
     ]
+    lines += [
+        f"  unsupported: {u['question']}: {u['sentence']!r}"
+        for u in report["unsupported_sentences"]
+    ]
     return "\n".join(lines)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _share(values: Sequence[Any], test: Callable[[Any], bool]) -> float | None:

@@ -64,6 +64,33 @@ class Citation:
 
 
 @dataclass(frozen=True, slots=True)
+class Span:
+    """The passage text that supports an answer sentence: `text` is the cited passage's
+    text[start:end] (Citation.text, so offsets index the passage as cited)."""
+
+    source: str
+    page: int | None
+    chunk_id: str
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedSentence:
+    """An answer sentence checked against its sources (rag.support)."""
+
+    text: str
+    # False when a number, name or command of the sentence is in none of its sources, or
+    # too few of its words are.
+    supported: bool
+    # The sources its [n] markers name; empty when it has none.
+    citations: list[int] = field(default_factory=list)
+    # Where its sources say it; None when unsupported or when it makes no claim.
+    span: Span | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
     """A piece of streamed answer text."""
 
@@ -94,6 +121,9 @@ class Answer:
     dropped_turns: int = 0
     # True when retrieval found nothing relevant and the LLM was not called.
     not_found: bool = False
+    # Each answer sentence checked against the passages it cites (rag.support); empty
+    # when there were no passages (not found, or the plain LLM).
+    sentences: list[CheckedSentence] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -41,6 +41,10 @@ def test_collection_model_answers_from_documents_with_citations(client: openai.O
     citations = completion.model_extra["citations"]
     assert citations[0]["source"] == "samples/handbook.md"
     assert "27 days" in citations[0]["text"]
+    # Each answer sentence comes checked against the sources it cites.
+    sentences = completion.model_extra["sentences"]
+    assert sentences and all(s["text"] in choice.message.content for s in sentences)
+    assert all(set(s) == {"text", "supported", "citations", "span"} for s in sentences)
 
 
 def test_streaming_matches_and_ends_with_citations_and_usage(client: openai.OpenAI) -> None:
@@ -57,6 +61,7 @@ def test_streaming_matches_and_ends_with_citations_and_usage(client: openai.Open
     finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert len(finals) == 1
     assert finals[0].model_extra["citations"][0]["source"] == "samples/handbook.md"
+    assert next(s["text"] for s in finals[0].model_extra["sentences"]) in text
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 12
 
 
@@ -71,6 +76,7 @@ def test_plain_llm_model_answers_without_documents(client: openai.OpenAI) -> Non
     )
     assert "Paris" in completion.choices[0].message.content
     assert completion.model_extra["citations"] == []
+    assert completion.model_extra["sentences"] == []
 
 
 def test_stop_strings_cut_the_answer_where_they_begin(client: openai.OpenAI) -> None:

@@ -85,6 +85,26 @@ def test_model_output_and_documents_render_as_inert_text(page) -> None:
     assert page.title() != "owned"
 
 
+def test_a_sentence_its_sources_do_not_support_is_flagged(page) -> None:
+    invented = 'The command "promote-server-backup" is used to promote the standby database [1].'
+    right = "Run harbor-db promote on the standby [1]."
+    page.evaluate(
+        """([invented, right]) => handle("done", JSON.stringify({
+            answer: right + " " + invented,
+            citations: [{n: 1, source: "r.pdf", page: 3, heading: "", text: "x", score: 1}],
+            sentences: [
+                {text: right, supported: true, citations: [1], span: null},
+                {text: invented, supported: false, citations: [1], span: null}
+            ],
+            usage: {prompt_tokens: 1, completion_tokens: 0, ttft_s: 0, tokens_per_s: 0}
+        }))""",
+        [invented, right],
+    )
+    assert page.locator("#answer .unsupported").all_inner_texts() == [invented]
+    assert "not found in the cited sources" in page.inner_text("#answer")
+    assert page.inner_text("#answer").startswith(right + " " + invented)
+
+
 HOSTILE = "<img src=x onerror=\"document.title='owned'\"><script>document.title='owned'</script>"
 # A file name has no "/" to survive (the service keeps only a name's last path part).
 HOSTILE_NAME = "<img src=x onerror=\"document.title='owned'\">.md"

@@ -1,7 +1,7 @@
 """OpenAI-compatible routes, so any OpenAI client can ask the documents.
 
 `model` picks what answers: a collection's name gives answers grounded in that collection's
-documents (with an extra `citations` field), the LLM's own name gives the plain model.
+documents (with extra `citations` and `sentences` fields), the LLM's own name gives the plain model.
 Model names only select among what this server has loaded; nothing is forwarded.
 """
 
@@ -147,6 +147,7 @@ async def chat_completions(
         )
         return ServerSentEvent(chunks)
     answer = await host.answer(make, collection, caller.name)
+    checked = answer.to_json()
     return Response(
         {
             "id": completion_id,
@@ -161,7 +162,9 @@ async def chat_completions(
                 }
             ],
             "usage": _usage(answer),
-            "citations": answer.to_json()["citations"],
+            "citations": checked["citations"],
+            # Each answer sentence checked against the sources it cites (rag.support).
+            "sentences": checked["sentences"],
             # rag's extensions: the query searched for a follow-up, and what did not fit.
             "rewritten_query": answer.rewritten_query,
             "dropped": answer.dropped,
@@ -205,8 +208,13 @@ async def _stream(
             if isinstance(item, Delta):
                 yield ServerSentEventMessage(data=chunk({"content": item.text}))
                 continue
-            citations = item.to_json()["citations"]
-            extra = {"rewritten_query": item.rewritten_query, "dropped": item.dropped}
+            done = item.to_json()
+            citations = done["citations"]
+            extra = {
+                "sentences": done["sentences"],
+                "rewritten_query": item.rewritten_query,
+                "dropped": item.dropped,
+            }
             yield ServerSentEventMessage(
                 data=chunk({}, _finish_reason(item), citations=citations, **extra)
             )
