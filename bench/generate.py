@@ -23,14 +23,14 @@ and a question, exactly as `rag ask` builds it), greedy decoding:
 6. the default model (`llm.model = "auto"` as the config resolves it here): time to first
    token and decode tokens/s of one request with a `llm.typical_prompt_tokens` prompt, with
    the planner's prediction beside each (target: within 25%).
-`--llamacpp-only` runs sections 4 and 6 alone (no MLX).
+`--llamacpp-only` runs sections 4 and 6 alone (no MLX); `--engines-only` skips 2 and 3.
 
 The peak memory of the request is shown against the planner's prediction. Comparisons in 1
 and 2 run palindromically (A B B A, A B C C B A) and average each side's two runs, so a load
 that drifts during the run weighs on every side alike.
 
     python bench/generate.py [--prompt-tokens 1000] [--answer-tokens 32] [--requests 4]
-                             [--llamacpp-only]
+                             [--llamacpp-only | --engines-only]
 
 The machine should be otherwise idle: the ratios are measured side by side, but a CPU shared
 with other work shifts them.
@@ -193,7 +193,10 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=1000)
     parser.add_argument("--answer-tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=4)
-    parser.add_argument("--llamacpp-only", action="store_true", help="run section 4 alone")
+    parser.add_argument("--llamacpp-only", action="store_true", help="sections 4 and 6 alone")
+    parser.add_argument(
+        "--engines-only", action="store_true", help="sections 1, 4, 5 and 6: the engines"
+    )
     args = parser.parse_args()
     if args.llamacpp_only:
         llamacpp_vs_raw(args.prompt_tokens, args.answer_tokens)
@@ -259,82 +262,84 @@ def main() -> None:
         f"({ours_gen.peak_memory_bytes / predicted - 1:+.1%})"
     )
 
-    # 2. the CPU tuning: tuned, fp32 scales alone, untuned load.
-    print("\n2. CPU backend tuning (rag.cputune), same prompt, 2 runs each")
-    if backend == "cpu":
-        untuned_engine = load_mlx_engine(LlmSettings(model="bundled"), tune=False)
+    if not args.engines_only:  # sections 2 and 3
+        # 2. the CPU tuning: tuned, fp32 scales alone, untuned load.
+        print("\n2. CPU backend tuning (rag.cputune), same prompt, 2 runs each")
+        if backend == "cpu":
+            untuned_engine = load_mlx_engine(LlmSettings(model="bundled"), tune=False)
 
-        def fp32_run() -> Rates:
-            unshard_matmuls(engine.model)
-            try:
-                return ours_run(engine)
-            finally:
-                shard_matmuls(engine.model, cpu_shards())
+            def fp32_run() -> Rates:
+                unshard_matmuls(engine.model)
+                try:
+                    return ours_run(engine)
+                finally:
+                    shard_matmuls(engine.model, cpu_shards())
 
-        second = palindrome(
-            {
-                "tuned": lambda: ours_run(engine),
-                "fp32": fp32_run,
-                "untuned": lambda: ours_run(untuned_engine),
-            }
-        )
-        del untuned_engine
-        tuned, fp32, untuned = second["tuned"], second["fp32"], second["untuned"]
-        for name, rates in (
-            (f"tuned: fp32 + matmuls on {cpu_shards()} cores", tuned),
-            ("fp32 scales only", fp32),
-            ("untuned load", untuned),
-        ):
-            print(
-                f"   {name:32} prefill {rates.prefill_tps:6.2f} tok/s  "
-                f"decode {rates.decode_tps:6.2f}  ({rates.each()}; {rates.cpu_s:.1f} CPU s)"
+            second = palindrome(
+                {
+                    "tuned": lambda: ours_run(engine),
+                    "fp32": fp32_run,
+                    "untuned": lambda: ours_run(untuned_engine),
+                }
             )
-        print(
-            f"   speed-up tuned/untuned: prefill {tuned.prefill_tps / untuned.prefill_tps:.2f}x, "
-            f"decode {tuned.decode_tps / untuned.decode_tps:.2f}x; from the split alone: "
-            f"prefill {tuned.prefill_tps / fp32.prefill_tps:.2f}x, "
-            f"decode {tuned.decode_tps / fp32.decode_tps:.2f}x"
-        )
-    else:
-        print(f"   (no CPU tuning on the {backend} backend)")
+            del untuned_engine
+            tuned, fp32, untuned = second["tuned"], second["fp32"], second["untuned"]
+            for name, rates in (
+                (f"tuned: fp32 + matmuls on {cpu_shards()} cores", tuned),
+                ("fp32 scales only", fp32),
+                ("untuned load", untuned),
+            ):
+                print(
+                    f"   {name:32} prefill {rates.prefill_tps:6.2f} tok/s  "
+                    f"decode {rates.decode_tps:6.2f}  ({rates.each()}; {rates.cpu_s:.1f} CPU s)"
+                )
+            print(
+                "   speed-up tuned/untuned: "
+                f"prefill {tuned.prefill_tps / untuned.prefill_tps:.2f}x, decode "
+                f"{tuned.decode_tps / untuned.decode_tps:.2f}x; from the split alone: "
+                f"prefill {tuned.prefill_tps / fp32.prefill_tps:.2f}x, "
+                f"decode {tuned.decode_tps / fp32.decode_tps:.2f}x"
+            )
+        else:
+            print(f"   (no CPU tuning on the {backend} backend)")
 
-    # 3. N sequential requests against N at once; the system prompt's KV is cached for both.
-    k = args.requests
-    engine.encode_chat(build_messages(QUESTION, []))  # registers the system-prompt prefix
-    run_ours(engine, ids, 1)  # and fills it, outside the timings
-    t = time.perf_counter()
-    sequential = [run_ours(engine, ids, n)[1] for _ in range(k)]
-    sequential_s = time.perf_counter() - t
-    engine.start_batching(k)
-    try:
+        # 3. N sequential requests against N at once; the system prompt's KV is cached for both.
+        k = args.requests
+        engine.encode_chat(build_messages(QUESTION, []))  # registers the system-prompt prefix
+        run_ours(engine, ids, 1)  # and fills it, outside the timings
         t = time.perf_counter()
-        batched = concurrent([lambda: run_ours(engine, ids, n)[1] for _ in range(k)])
-        batched_s = time.perf_counter() - t
-    finally:
-        engine.stop_batching()
+        sequential = [run_ours(engine, ids, n)[1] for _ in range(k)]
+        sequential_s = time.perf_counter() - t
+        engine.start_batching(k)
+        try:
+            t = time.perf_counter()
+            batched = concurrent([lambda: run_ours(engine, ids, n)[1] for _ in range(k)])
+            batched_s = time.perf_counter() - t
+        finally:
+            engine.stop_batching()
 
-    def total(gens: list[Generation]) -> tuple[int, int]:
-        return sum(g.prompt_tokens - g.cached_tokens for g in gens), sum(
-            g.completion_tokens for g in gens
-        )
+        def total(gens: list[Generation]) -> tuple[int, int]:
+            return sum(g.prompt_tokens - g.cached_tokens for g in gens), sum(
+                g.completion_tokens for g in gens
+            )
 
-    print(f"\n3. {k} requests one after another vs {k} at once (continuous batching)")
-    for name, gens, wall in (
-        ("sequential", sequential, sequential_s),
-        ("batched", batched, batched_s),
-    ):
-        prefilled, generated = total(gens)
-        ttft = sorted(g.ttft_s for g in gens)
+        print(f"\n3. {k} requests one after another vs {k} at once (continuous batching)")
+        for name, gens, wall in (
+            ("sequential", sequential, sequential_s),
+            ("batched", batched, batched_s),
+        ):
+            prefilled, generated = total(gens)
+            ttft = sorted(g.ttft_s for g in gens)
+            print(
+                f"   {name:10} {wall:7.1f} s  {(prefilled + generated) / wall:6.2f} tok/s all, "
+                f"{generated / wall:5.2f} generated tok/s; TTFT first {ttft[0]:.1f} s, "
+                f"last {ttft[-1]:.1f} s; {gens[0].cached_tokens} prompt tokens cached"
+            )
+        same = all(b.token_ids == s.token_ids for b, s in zip(batched, sequential, strict=True))
         print(
-            f"   {name:10} {wall:7.1f} s  {(prefilled + generated) / wall:6.2f} tok/s all, "
-            f"{generated / wall:5.2f} generated tok/s; TTFT first {ttft[0]:.1f} s, "
-            f"last {ttft[-1]:.1f} s; {gens[0].cached_tokens} prompt tokens cached"
+            f"   throughput batched/sequential: {sequential_s / batched_s:.2f}x "
+            f"(target >= 2x on a GPU backend); batched tokens equal sequential: {same}"
         )
-    same = all(b.token_ids == s.token_ids for b, s in zip(batched, sequential, strict=True))
-    print(
-        f"   throughput batched/sequential: {sequential_s / batched_s:.2f}x "
-        f"(target >= 2x on a GPU backend); batched tokens equal sequential: {same}"
-    )
     llama = llamacpp_vs_raw(args.prompt_tokens, args.answer_tokens)
     if llama is not None:
         print("\n5. llama.cpp vs MLX's CPU backend, rag's engines, same GGUF and prompt")
