@@ -13,7 +13,7 @@ from rag.embedder import Embedder
 from rag.errors import UsageError
 from rag.generation import Engine, Generation
 from rag.packing import Packing, merge_adjacent, pack
-from rag.prompts import Message
+from rag.prompts import Message, build_messages
 from rag.records import Answer, Delta, Passage, Usage
 from rag.rerank import llm_rerank
 from rag.retrieval import Retriever, is_relevant
@@ -49,6 +49,16 @@ class Answerer:
     def planned_mlx_bytes(self) -> int:
         """What the plan says MLX will hold at most (weights, KV cache, prefill)."""
         return self.plan.peak_bytes - self.plan.embedder_bytes if self.plan else 0
+
+    def warm_up(self) -> None:
+        """Compute the KV of the grounded prompt's fixed start (the system prompt) now, so
+        the first question pays only for its own tokens (a server that generates for us
+        keeps its own prompt cache)."""
+        if self.plan is None:
+            return
+        ids = self.engine.encode_chat(build_messages("?", []))
+        for _ in self.engine.stream(ids, max_tokens=1, context_tokens=self.context_tokens):
+            pass
 
     def concurrency(self, configured: int) -> int:
         """llm.concurrency, capped by how many full contexts the memory plan fits at once

@@ -82,6 +82,7 @@ class ModelHost:
             answerer = load_answerer(self.settings, read_consistency_s=READ_CONSISTENCY_S)
             self.concurrency = answerer.concurrency(self.settings.llm.concurrency)
             answerer.engine.start_batching(self.concurrency, idle=self._unlocked)
+            answerer.warm_up()
             track_memory(answerer.planned_mlx_bytes)
             self.answerer = answerer
             log.info(
