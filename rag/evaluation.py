@@ -32,7 +32,7 @@ from typing import Any
 from rag.errors import UsageError
 from rag.prompts import Message
 from rag.records import Answer, CheckedSentence, Passage
-from rag.support import support_rates
+from rag.support import NUMBER_WORDS, support_rates
 
 # Ranks looked at: hit@5 needs five, MRR is computed over ten.
 DEPTH = 10
@@ -187,34 +187,7 @@ def contains_answer(text: str, answer: str) -> bool:
     return found == len(wanted) if len(wanted) <= 3 else found >= 0.8 * len(wanted)
 
 
-_NUMBER_WORDS = {
-    word: str(n)
-    for n, word in enumerate(
-        [
-            "zero",
-            "one",
-            "two",
-            "three",
-            "four",
-            "five",
-            "six",
-            "seven",
-            "eight",
-            "nine",
-            "ten",
-            "eleven",
-            "twelve",
-            "thirteen",
-            "fourteen",
-            "fifteen",
-            "sixteen",
-            "seventeen",
-            "eighteen",
-            "nineteen",
-            "twenty",
-        ]
-    )
-}
+_NUMBER_WORDS = {word: str(n) for n, word in enumerate(NUMBER_WORDS)}
 
 
 def normalized(text: str) -> str:

@@ -111,9 +111,37 @@ def key_tokens(sentence: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
+# Small numbers as sources often write them: "3" in an answer stands on "three".
+NUMBER_WORDS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+]
+
+
 def _found(key: str, tokens: set[str], stems: set[str]) -> bool:
     low = key.lower()
     if low in tokens or stem(low) in stems:
+        return True
+    if low.isdigit() and int(low) < len(NUMBER_WORDS) and NUMBER_WORDS[int(low)] in tokens:
         return True
     # "15-minute" for "15 minutes": a number joined to its unit.
     parts = re.split(r"-", low)

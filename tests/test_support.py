@@ -145,3 +145,11 @@ def test_ask_json_checks_every_sentence_of_the_answer(sample_data_dir: Path) -> 
             span = s["span"]
             [cited] = [c for c in by_n.values() if c["chunk_id"] == span["chunk_id"]]
             assert cited["text"][span["start"] : span["end"]] == span["text"]
+
+
+def test_a_small_number_stands_on_the_word_the_source_writes() -> None:
+    from rag.support import missing_keys
+
+    source = Passage("c", "handbook.md", None, "", "Up to three days per week.", 1.0)
+    assert missing_keys("3 days per week [1].", [source]) == []
+    assert missing_keys("4 days per week [1].", [source]) == ["4"]
