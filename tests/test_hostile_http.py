@@ -294,9 +294,12 @@ def test_foreign_host_names_are_refused(keyed: dict[str, Any], host: str) -> Non
 LONG_PROMPT = "The quick brown fox jumps over the lazy dog near the river bank. " * 520
 
 
-def test_sigterm_in_a_long_prefill_exits_within_5_s(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["mlx", "llamacpp"])  # MLX's CPU backend: the slowest
+def test_sigterm_in_a_long_prefill_exits_within_5_s(tmp_path: Path, engine: str) -> None:
     (tmp_path / "data").mkdir()
-    proc, base = start_server(tmp_path / "data", RAG_LLM_CONTEXT_TOKENS="8192")
+    proc, base = start_server(
+        tmp_path / "data", RAG_LLM_CONTEXT_TOKENS="8192", RAG_LLM_ENGINE=engine
+    )
     log = next((tmp_path / "data").glob("serve-*.log"))
     lines: list[str] = []
     try:
