@@ -353,12 +353,13 @@ def main() -> None:
 
 def default_model_vs_plan(answer_tokens: int) -> None:
     """6. The model `auto` picks here: its measured speed beside the planner's prediction."""
+    from rag.catalog import read_model_spec
     from rag.config import load_settings
     from rag.enginechoice import load_engine
     from rag.hardware import resolve_hardware
     from rag.machinespeed import speed_for
     from rag.modelchoice import resolve_model, with_model
-    from rag.sizing import plan_configured
+    from rag.planner import decode_tokens_per_s, ttft_s
 
     settings = load_settings()
     settings = with_model(settings, resolve_model(settings))
@@ -366,7 +367,7 @@ def default_model_vs_plan(answer_tokens: int) -> None:
     print(f"\n6. the default model ({llm.model}, llm.engine = {llm.engine!r}) vs the plan")
     hardware = resolve_hardware(settings.hardware)
     speed = speed_for(settings, hardware)
-    planned = plan_configured(settings, hardware)
+    spec = read_model_spec(llm.model)
     t0 = time.perf_counter()
     engine = load_engine(llm, context_tokens=llm.typical_prompt_tokens + answer_tokens + 256)
     load_s = time.perf_counter() - t0
@@ -378,9 +379,14 @@ def default_model_vs_plan(answer_tokens: int) -> None:
         f"   {engine.info.kind} on {engine.info.backend}, loaded in {load_s:.1f} s; prompt "
         f"{len(ids)} tokens, answer {gen.completion_tokens} tokens; speed {source}"
     )
+    # Predicted for this very prompt, as `rag plan` predicts for llm.typical_prompt_tokens.
     rows = [
-        ("time to first token, s", gen.ttft_s, planned.ttft_s),
-        ("decode tokens/s", gen.tokens_per_s, planned.typical_decode_tokens_per_s),
+        ("time to first token, s", gen.ttft_s, ttft_s(spec, speed, len(ids)) if speed else None),
+        (
+            "decode tokens/s",
+            gen.tokens_per_s,
+            decode_tokens_per_s(spec, hardware, len(ids), speed=speed),
+        ),
     ]
     for label, measured, predicted in rows:
         if not predicted:
