@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from rag.config import LlmSettings
 from rag.errors import ModelLoadError
 from rag.generation import Cancelled, end_of_turn_token, parse_stop
-from rag.localengine import LocalEngine
+from rag.localengine import LocalEngine, ThreadTokens
 from rag.packaged import model_name, model_path
 from rag.planner import PREFILL_STEP_TOKENS
 
@@ -141,22 +141,10 @@ def mlx_backend() -> str:
     return "cpu"
 
 
-class LocalTokens:
+class LocalTokens(ThreadTokens):
     """A request's tokens generated in this thread by mlx-lm's generate_step."""
 
-    def __init__(
-        self,
-        engine: MlxEngine,
-        prompt_ids: list[int],
-        max_tokens: int,
-        temperature: float,
-        should_stop: Callable[[], bool],
-    ):
-        self.engine = engine
-        self.cached_tokens = 0
-        self.peak_memory_bytes = 0
-        self._should_stop = should_stop
-        self._tokens = self._generate(prompt_ids, max_tokens, temperature)
+    engine: MlxEngine
 
     def _generate(
         self, prompt_ids: list[int], max_tokens: int, temperature: float
@@ -201,12 +189,6 @@ class LocalTokens:
                 steps.close()
                 del cache
                 self.peak_memory_bytes = max(self.peak_memory_bytes, mx.get_peak_memory())
-
-    def next(self, timeout: float) -> tuple[Any, ...] | None:
-        return next(self._tokens, ("cancelled",))
-
-    def cancel(self) -> None:
-        self._tokens.close()
 
 
 def snapshot_cache(cache: list[Any]) -> list[Any]:

@@ -36,7 +36,7 @@ from typing import Any
 from rag.config import LlmSettings
 from rag.errors import EngineError, ModelLoadError
 from rag.generation import Cancelled, TextStream, end_of_turn_token, parse_stop
-from rag.localengine import LocalEngine
+from rag.localengine import LocalEngine, ThreadTokens
 
 # Tokens llama.cpp may take in one decode call (its n_batch and n_ubatch).
 BATCH_TOKENS = 512
@@ -221,7 +221,7 @@ class LlamaCppEngine(LocalEngine):
         self.chunk_tokens = max(MIN_CHUNK_TOKENS, min(self.llama.n_batch, fit))
 
 
-class LlamaTokens:
+class LlamaTokens(ThreadTokens):
     """A request's tokens generated in this thread by llama.cpp (a rag.generation.TokenSource).
 
     `peak_memory_bytes` is this process's resident set after the prefill and at the end:
@@ -230,19 +230,7 @@ class LlamaTokens:
     embedder and everything else resident).
     """
 
-    def __init__(
-        self,
-        engine: LlamaCppEngine,
-        prompt_ids: list[int],
-        max_tokens: int,
-        temperature: float,
-        should_stop: Callable[[], bool],
-    ):
-        self.engine = engine
-        self.cached_tokens = 0
-        self.peak_memory_bytes = 0
-        self._should_stop = should_stop
-        self._tokens = self._generate(prompt_ids, max_tokens, temperature)
+    engine: LlamaCppEngine
 
     def _generate(
         self, prompt_ids: list[int], max_tokens: int, temperature: float
@@ -272,12 +260,6 @@ class LlamaTokens:
                 engine.append(token)
         finally:
             self.peak_memory_bytes = max(self.peak_memory_bytes, rss_bytes())
-
-    def next(self, timeout: float) -> tuple[Any, ...] | None:
-        return next(self._tokens, ("cancelled",))
-
-    def cancel(self) -> None:
-        self._tokens.close()
 
 
 def rss_bytes() -> int:
