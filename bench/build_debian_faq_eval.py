@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rag.evaluation import contains_answer  # noqa: E402
+from rag.ops.evaluation import contains_answer  # noqa: E402
 
 DEFAULT_CACHE = Path("~/.cache/rag-bench").expanduser()
 FAQ_SUBDIR = Path("usr/share/doc/debian/FAQ")

@@ -13,7 +13,7 @@ gzip-compatible), and writes
   12,000 entries in all; the whole dictionary takes too long to embed on a laptop's CPU);
 - JSON lines for `rag eval`, a seeded sample of questions over the sampled entries, each with
   one right answer: the entry's file and a phrase of its definition that no other entry of
-  the corpus holds (checked here with the judge rag/evaluation.py uses). Kinds:
+  the corpus holds (checked here with the judge rag/ops/evaluation.py uses). Kinds:
 
   - "what-is": "What is <term>?"; the answer is the first 15 words of the entry's first
     definition sentence (markup, a leading "(ABBR)" and "(Or ...)" taken off).
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.build_debian_faq_eval import DEFAULT_CACHE, fetch_package  # noqa: E402
-from rag.evaluation import contains_answer, words  # noqa: E402
+from rag.ops.evaluation import contains_answer, words  # noqa: E402
 
 PACKAGE = "dict-foldoc"
 DICTD = Path("usr/share/dictd")

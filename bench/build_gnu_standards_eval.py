@@ -10,7 +10,7 @@ the cache dir (default ~/.cache/rag-bench; run `apt-get update` once first), wri
   asks them and kept clear of the words of the section's title (and mostly of the answer's
   own words), so that a retriever is not rewarded for matching headings. Each has its page
   and a short answer phrase copied from that page; the script checks, with the parser rag
-  ingests with, that the page holds the phrase (the judge of rag/evaluation.py), and fails
+  ingests with, that the page holds the phrase (the judge of rag/ops/evaluation.py), and fails
   naming the line otherwise.
 - "unanswerable": questions about the same domain (GNU software, its maintainers and
   process) that this manual does not answer; the right outcome is "not found".
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.build_debian_faq_eval import DEFAULT_CACHE, fetch_package  # noqa: E402
-from rag.evaluation import contains_answer  # noqa: E402
+from rag.ops.evaluation import contains_answer  # noqa: E402
 
 PACKAGE = "gnu-standards"
 PDF = Path("usr/share/doc/gnu-standards/standards.pdf.gz")

@@ -8,7 +8,7 @@ and a question, exactly as `rag ask` builds it), greedy decoding:
    here from the tokens' arrival. Target >= 0.95: the engine's layers cost nothing.
 2. tuning: the same request on the tuned load (fp32 scales + matmuls split across CPU
    streams), on fp32 scales alone, and on the untuned load (the model as the GGUF file has
-   it). Only meaningful on the CPU backend, where rag.cputune does anything.
+   it). Only meaningful on the CPU backend, where rag.llm.cputune does anything.
 3. batching: N requests with this prompt one after another, then N at once through the
    batcher (continuous batching on one generation thread); total tokens / wall time. On a
    GPU the 4-bit kernels gain from batching (target >= 2x); MLX's CPU kernel is a scalar loop
@@ -51,9 +51,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rag.config import LlmSettings
-from rag.engine import MlxEngine, load_mlx_engine
-from rag.generation import Engine, Generation
-from rag.prompts import build_messages
+from rag.llm.base import Engine, Generation
+from rag.llm.mlx import MlxEngine, load_mlx_engine
+from rag.qa.prompts import build_messages
 from rag.records import Passage
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
@@ -205,10 +205,10 @@ def main() -> None:
 
     import mlx.core as mx
 
-    from rag.catalog import read_model_spec
-    from rag.cputune import cpu_shards, shard_matmuls, unshard_matmuls
-    from rag.hardware import detect_hardware
-    from rag.planner import peak_bytes
+    from rag.llm.cputune import cpu_shards, shard_matmuls, unshard_matmuls
+    from rag.models.catalog import read_model_spec
+    from rag.models.hardware import detect_hardware
+    from rag.models.planner import peak_bytes
 
     backend = detect_hardware().backend
     t0 = time.perf_counter()
@@ -264,7 +264,7 @@ def main() -> None:
 
     if not args.engines_only:  # sections 2 and 3
         # 2. the CPU tuning: tuned, fp32 scales alone, untuned load.
-        print("\n2. CPU backend tuning (rag.cputune), same prompt, 2 runs each")
+        print("\n2. CPU backend tuning (rag.llm.cputune), same prompt, 2 runs each")
         if backend == "cpu":
             untuned_engine = load_mlx_engine(LlmSettings(model="bundled"), tune=False)
 
@@ -353,13 +353,13 @@ def main() -> None:
 
 def default_model_vs_plan(answer_tokens: int) -> None:
     """6. The model `auto` picks here: its measured speed beside the planner's prediction."""
-    from rag.catalog import read_model_spec
     from rag.config import load_settings
-    from rag.enginechoice import load_engine
-    from rag.hardware import resolve_hardware
-    from rag.machinespeed import speed_for
-    from rag.modelchoice import resolve_model, with_model
-    from rag.planner import decode_tokens_per_s, ttft_s
+    from rag.llm.load import load_engine
+    from rag.models.catalog import read_model_spec
+    from rag.models.choice import resolve_model, with_model
+    from rag.models.hardware import resolve_hardware
+    from rag.models.planner import decode_tokens_per_s, ttft_s
+    from rag.models.speed import speed_for
 
     settings = load_settings()
     settings = with_model(settings, resolve_model(settings))
@@ -408,7 +408,7 @@ def llamacpp_vs_raw(prompt_tokens: int, answer_tokens: int) -> Mean | None:
     if importlib.util.find_spec("llama_cpp") is None:
         print("   (llama-cpp-python is not installed: `make install` builds it)")
         return None
-    from rag.llamacpp import load_llamacpp_engine
+    from rag.llm.llamacpp import load_llamacpp_engine
 
     t0 = time.perf_counter()
     engine = load_llamacpp_engine(LlmSettings(engine="llamacpp", model="bundled"))

@@ -38,10 +38,10 @@ from rag.config import (  # noqa: E402
     IngestSettings,
     RetrievalSettings,
 )
-from rag.embedder import Embedder, load_embedder  # noqa: E402
-from rag.evaluation import DEPTH, evaluate, load_questions  # noqa: E402
-from rag.retrieval import Retriever  # noqa: E402
-from rag.store import open_store  # noqa: E402
+from rag.embed.embedder import Embedder, load_embedder  # noqa: E402
+from rag.index.store import open_store  # noqa: E402
+from rag.ops.evaluation import DEPTH, evaluate, load_questions  # noqa: E402
+from rag.qa.retrieval import Retriever  # noqa: E402
 
 BACKENDS = ("torch", "onnx-int8")
 

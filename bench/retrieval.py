@@ -23,7 +23,7 @@ from the real eval. The vector index is built by Store.maintain exactly as after
 (HNSW once the table holds retrieval.vector_index_rows chunks). Latency is the store search
 (both legs and fusion) with the query embedded beforehand; embedding time is separate.
 
-Options measure the choices made in rag/retrieval.py, rag/conversation.py, rag/rerank.py:
+Options measure the choices made in rag/qa/retrieval.py, rag/qa/conversation.py, rag/qa/rerank.py:
 --tune (fusion grid, against reciprocal-rank fusion) and --calibrate (the "not found"
 rule), both on each question's two legs fetched once and re-fused in Python, marking the
 sets held out of the choice; --conversation (follow-up rewriting: off, rules, and the
@@ -55,9 +55,10 @@ from bench.build_foldoc_eval import build as build_foldoc_eval  # noqa: E402
 from bench.build_gnu_standards_eval import build as build_gnu_eval  # noqa: E402
 from bench.search_latency import latency  # noqa: E402
 from rag.config import ChunkingSettings, RetrievalSettings  # noqa: E402
-from rag.embedder import Embedder  # noqa: E402
-from rag.evaluation import DEPTH, EvalQuestion, first_hit, load_questions  # noqa: E402
-from rag.retrieval import (  # noqa: E402
+from rag.embed.embedder import Embedder  # noqa: E402
+from rag.index.store import Store, open_store  # noqa: E402
+from rag.ops.evaluation import DEPTH, EvalQuestion, first_hit, load_questions  # noqa: E402
+from rag.qa.retrieval import (  # noqa: E402
     Retriever,
     diversify,
     fuse,
@@ -66,7 +67,6 @@ from rag.retrieval import (  # noqa: E402
     text_share,
     word_coverage,
 )
-from rag.store import Store, open_store  # noqa: E402
 
 FAQ = "debian-faq"
 SAMPLES = "default"
@@ -136,7 +136,7 @@ def kinds_of(path: Path, questions: list[EvalQuestion]) -> list[str]:
 
 
 def standalone(q: EvalQuestion, rewrite: str) -> str:
-    from rag.conversation import rule_rewrite
+    from rag.qa.conversation import rule_rewrite
 
     if rewrite == "rules":
         return rule_rewrite(q.question, q.turns()) or q.question
@@ -354,13 +354,13 @@ def calibrate(cached: dict[str, list[Legs]], settings: RetrievalSettings) -> Non
 
 
 def conversation(sets: list[EvalSet], embedder: Embedder, settings: RetrievalSettings, llm: bool):
-    from rag.conversation import llm_rewrite, rule_rewrite
+    from rag.qa.conversation import llm_rewrite, rule_rewrite
 
     print("== Follow-up questions: hit@5 and hit@1 by rewrite (history = the earlier question)")
     engine = None
     if llm:
         from rag.config import LlmSettings
-        from rag.enginechoice import load_engine
+        from rag.llm.load import load_engine
 
         engine = load_engine(LlmSettings(model="bundled"))
     for es in sets:
@@ -391,8 +391,8 @@ def conversation(sets: list[EvalSet], embedder: Embedder, settings: RetrievalSet
 
 def rerank(sets: list[EvalSet], embedder: Embedder, settings: RetrievalSettings, n: int) -> None:
     from rag.config import LlmSettings
-    from rag.enginechoice import load_engine
-    from rag.rerank import llm_rerank
+    from rag.llm.load import load_engine
+    from rag.qa.rerank import llm_rerank
 
     print(f"== LLM pointwise rerank of the top {settings.rerank_top} ({n} questions per set)")
     engine = load_engine(LlmSettings(model="bundled"))
@@ -434,7 +434,7 @@ def main() -> None:
     os.chdir(ROOT)  # sample sources are named samples/... as users see them
 
     from rag.config import EmbeddingSettings
-    from rag.embedder import load_embedder
+    from rag.embed.embedder import load_embedder
 
     settings = RetrievalSettings()
     embedder = load_embedder(EmbeddingSettings())

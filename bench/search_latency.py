@@ -16,18 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rag.chunkrows import chunk_schema
 from rag.config import RetrievalSettings
-from rag.embedder import Embedder
-from rag.retrieval import Retriever
-from rag.store import Store, open_store
+from rag.embed.embedder import Embedder
+from rag.index.schema import chunk_schema
+from rag.index.store import Store, open_store
+from rag.qa.retrieval import Retriever
 
 
 def synthetic_table(store: Store, source: Store, collection: str, size: int, seed: int) -> None:
     """`source`'s real chunks plus generated ones up to `size` rows, in one table."""
     import numpy as np
 
-    from rag.chunkrows import to_arrow
+    from rag.index.schema import to_arrow
 
     rng = np.random.default_rng(seed)
     real = source.scan(_ROW_COLUMNS)

@@ -173,7 +173,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from ingest.pipeline import run_ingest
-    from rag.answer import load_answerer
+    from rag.qa.answerer import load_answerer
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ingest.pipeline import run_ingest  # noqa: E402
-from rag.answer import load_answerer  # noqa: E402
 from rag.config import Settings, StorageSettings, override  # noqa: E402
+from rag.qa.answerer import load_answerer  # noqa: E402
 
 QUESTION = "How quickly must the on-call engineer acknowledge a page?"
 

@@ -28,7 +28,7 @@ _PARAGRAPH, _LINE, _SENTENCE, _WORD, _INSIDE_WORD = 4, 3, 2, 1, 0
 
 
 class Tokenizer(Protocol):
-    """What the chunker needs from the embedding model's tokenizer (see rag.embedder)."""
+    """What the chunker needs from the embedding model's tokenizer (see rag.embed.embedder)."""
 
     max_input_tokens: int
 

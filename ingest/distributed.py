@@ -28,7 +28,7 @@ from ingest.parsers import ParsedDocument, parse_bytes
 from ingest.pipeline import IngestRun, ParsedFile, embed_sorted, make_chunks
 from ingest.worker import Limits, Outcome, run_isolated
 from rag.config import EmbeddingSettings, IngestSettings
-from rag.embedder import load_embedder
+from rag.embed.embedder import load_embedder
 from rag.errors import ClusterError, ConfigError, ParseError, UsageError
 
 # Calls queued on each actor: the next file's bytes are there when it finishes one.

@@ -29,12 +29,12 @@ from ingest.discovery import Entry, Found, discover, located, open_regular
 from ingest.parsers import ParsedDocument
 from ingest.report import IngestReport, Progress, ProgressMeter
 from ingest.worker import Limits, Outcome, ParsePool
-from rag.chunkrows import DocumentWrite
 from rag.config import ChunkingSettings, IngestSettings
-from rag.embedder import Embedder
+from rag.embed.embedder import Embedder
 from rag.errors import ParseError, RagError
+from rag.index.schema import DocumentWrite
+from rag.index.store import Store, StoredDocument
 from rag.records import Chunk, Section
-from rag.store import Store, StoredDocument
 
 if TYPE_CHECKING:
     from ingest.distributed import RayCluster

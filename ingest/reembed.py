@@ -15,10 +15,10 @@ from typing import Any
 from ingest.chunker import Window, split_text
 from ingest.pipeline import embed_sorted
 from ingest.report import Progress, ProgressMeter
-from rag.chunkrows import text_hash
 from rag.config import ChunkingSettings
-from rag.embedder import Embedder
-from rag.store import Store
+from rag.embed.embedder import Embedder
+from rag.index.schema import text_hash
+from rag.index.store import Store
 
 _COLUMNS = (
     "chunk_id",

@@ -18,7 +18,7 @@ from typing import Any
 from rag.errors import ConfigError
 
 USER_CONFIG_PATH = Path("~/.config/rag/config.toml")
-# llm.engine: "auto" picks mlx or llamacpp for this machine (rag.enginechoice).
+# llm.engine: "auto" picks mlx or llamacpp for this machine (rag.llm.load).
 ENGINES = ("auto", "mlx", "llamacpp", "openai")
 
 
@@ -109,7 +109,7 @@ class LlmSettings:
     served_model: str = ""
     api_key_env: str = "LLM_API_KEY"
     connect_timeout_s: float = 10.0
-    # What llm.model = "auto" asks of a model besides fitting (rag.modelchoice).
+    # What llm.model = "auto" asks of a model besides fitting (rag.models.choice).
     typical_prompt_tokens: int = 1000
     target_ttft_s: float = 20.0
     target_tokens_per_s: float = 5.0

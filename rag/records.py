@@ -78,7 +78,7 @@ class Span:
 
 @dataclass(frozen=True, slots=True)
 class CheckedSentence:
-    """An answer sentence checked against its sources (rag.support)."""
+    """An answer sentence checked against its sources (rag.qa.support)."""
 
     text: str
     # False when a number, name or command of the sentence is in none of its sources, or
@@ -121,7 +121,7 @@ class Answer:
     dropped_turns: int = 0
     # True when retrieval found nothing relevant and the LLM was not called.
     not_found: bool = False
-    # Each answer sentence checked against the passages it cites (rag.support); empty
+    # Each answer sentence checked against the passages it cites (rag.qa.support); empty
     # when there were no passages (not found, or the plain LLM).
     sentences: list[CheckedSentence] = field(default_factory=list)
 

@@ -1,19 +1,17 @@
 """Regenerate samples/incident-runbook.pdf from the text below.
 
-Run from the repository root: ``python samples/make_pdf.py``. It works before the project
-is installed, because the repository root is put on sys.path when ``rag`` is not
-importable. Each page covers one topic, so questions about it have a known page number
-(1-based, as in our citations); samples/questions.jsonl relies on that.
+Run from the repository root: ``python samples/make_pdf.py``; it works before the project
+is installed (the writer is in tests/). Each page covers one topic, so questions about it
+have a known page number (1-based, as in our citations); samples/questions.jsonl relies on
+that.
 """
 
 import sys
 from pathlib import Path
 
-try:
-    from rag.pdfwrite import write_pdf
-except ModuleNotFoundError:  # not installed: fall back to the checkout this file lives in
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from rag.pdfwrite import write_pdf
+# The writer is a test fixture (tests/pdfwrite.py), not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.pdfwrite import write_pdf
 
 OUTPUT = Path(__file__).resolve().parent / "incident-runbook.pdf"
 TITLE = "Kestrel Harbor Systems - Incident Runbook"

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from rag.config import EmbeddingSettings, LlmSettings, Settings, StorageSettings
-from rag.embedder import Embedder, load_embedder
-from rag.engine import MlxEngine, load_mlx_engine
-from rag.generation import Engine
-from rag.store import Store, open_store
+from rag.embed.embedder import Embedder, load_embedder
+from rag.index.store import Store, open_store
+from rag.llm.base import Engine
+from rag.llm.mlx import MlxEngine, load_mlx_engine
 
 if TYPE_CHECKING:
-    from rag.llamacpp import LlamaCppEngine
+    from rag.llm.llamacpp import LlamaCppEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -49,7 +49,7 @@ def engine() -> MlxEngine:
 def llamacpp_engine() -> LlamaCppEngine:
     """The llama.cpp engine (llm.engine = "llamacpp") on the bundled GGUF, n_ctx 2048."""
     pytest.importorskip("llama_cpp", reason="`make install` builds llama-cpp-python")
-    from rag.llamacpp import load_llamacpp_engine
+    from rag.llm.llamacpp import load_llamacpp_engine
 
     return load_llamacpp_engine(LlmSettings(engine="llamacpp", model=TEST_MODEL))
 

@@ -6,7 +6,7 @@ import random
 import zlib
 from pathlib import Path
 
-from rag.pdfwrite import write_pdf
+from tests.pdfwrite import write_pdf
 
 _WORDS = [
     "kestrel", "harbor", "freight", "manifest", "invoice", "ledger", "audit", "crane",

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from ingest.pipeline import run_ingest
-from rag.answer import NOT_FOUND, Answerer
 from rag.config import ChunkingSettings
-from rag.embedder import Embedder
-from rag.generation import Engine
+from rag.embed.embedder import Embedder
+from rag.index.store import Store, open_store
+from rag.llm.base import Engine
+from rag.qa.answerer import NOT_FOUND, Answerer
 from rag.records import Answer, Delta
-from rag.store import Store, open_store
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rag.apikeys import add_key, find_key, load_keys, remove_key
+from rag.accounts.apikeys import add_key, find_key, load_keys, remove_key
 
 from .conftest import RAG, ROOT, rag_env, start_server, stop_server
 

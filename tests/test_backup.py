@@ -14,9 +14,9 @@ import lancedb
 import numpy as np
 import pytest
 
-from rag.apikeys import add_key
-from rag.embedder import Embedder
-from rag.store import open_store
+from rag.accounts.apikeys import add_key
+from rag.embed.embedder import Embedder
+from rag.index.store import open_store
 
 from .conftest import RAG, ROOT, rag_env
 from .corpus import write_corpus

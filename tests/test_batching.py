@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from rag.batching import Batcher
-from rag.engine import MlxEngine
-from rag.generation import Generation
-from rag.prompts import SYSTEM_PROMPT
+from rag.llm.base import Generation
+from rag.llm.batching import Batcher
+from rag.llm.mlx import MlxEngine
+from rag.qa.prompts import SYSTEM_PROMPT
 from rag.records import Delta
 from tests.conftest import FAST_LLM_ENV, start_server, stop_server
 

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.chunker import ALIGN_SLACK_TOKENS, MAX_CHARS_PER_TOKEN, Span, Window, split_text
-from rag.embedder import Embedder
+from rag.embed.embedder import Embedder
 
 _PIECES = st.sampled_from(
     [

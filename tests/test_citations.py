@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rag.citations import MarkerFilter, citations_for, clean_markers
-from rag.conversation import rule_rewrite
-from rag.prompts import build_messages
+from rag.qa.citations import MarkerFilter, citations_for, clean_markers
+from rag.qa.conversation import rule_rewrite
+from rag.qa.prompts import build_messages
 from rag.records import Passage
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rag.accounts.cost import cloud_cost, machine_cost_per_s, parse_since, tally
+from rag.accounts.usage import UsageLedger, UsageRecord, busy_seconds
 from rag.config import CostSettings
-from rag.cost import cloud_cost, machine_cost_per_s, parse_since, tally
 from rag.errors import UsageError
-from rag.usage import UsageLedger, UsageRecord, busy_seconds
 
 from .conftest import RAG, ROOT, rag_env
 

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from rag.chunkrows import chunk_schema
+from rag.index.schema import chunk_schema
 
 from .conftest import RAG, ROOT, rag_env
 

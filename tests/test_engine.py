@@ -5,13 +5,13 @@ from typing import Any
 
 import pytest
 
-from rag.answer import Answerer
-from rag.embedder import Embedder
-from rag.engine import MlxEngine
+from rag.embed.embedder import Embedder
 from rag.errors import ContextOverflowError
-from rag.generation import Generation
+from rag.index.store import Store
+from rag.llm.base import Generation
+from rag.llm.mlx import MlxEngine
+from rag.qa.answerer import Answerer
 from rag.records import Delta, Passage
-from rag.store import Store
 
 
 def _generate(
@@ -89,7 +89,7 @@ def test_stop_strings_cut_the_answer(engine: MlxEngine) -> None:
 
 
 def test_prompt_cache_gives_the_same_tokens_as_a_full_prefill(engine: MlxEngine) -> None:
-    from rag.prompts import SYSTEM_PROMPT
+    from rag.qa.prompts import SYSTEM_PROMPT
 
     messages = [
         {"role": "system", "content": SYSTEM_PROMPT},

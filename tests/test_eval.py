@@ -48,7 +48,7 @@ def test_eval_names_the_bad_line_of_a_question_file(tmp_path: Path) -> None:
 
 def test_an_answer_is_right_when_it_states_the_expected_one() -> None:
     """Compared without case, punctuation or spacing."""
-    from rag.evaluation import answers_with
+    from rag.ops.evaluation import answers_with
 
     assert answers_with("Run `harbor-db promote` on the standby [1].", "harbor-db promote")
     assert answers_with("Employees get 27 Days of paid vacation.", "27 days")

@@ -13,7 +13,7 @@ from bench.build_foldoc_eval import (
     read_dictionary,
     write_corpus,
 )
-from rag.evaluation import contains_answer, load_questions
+from rag.ops.evaluation import contains_answer, load_questions
 
 ENTRIES = [
     (

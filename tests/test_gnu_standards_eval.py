@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from bench.build_gnu_standards_eval import PARAPHRASED, SOURCE, UNANSWERABLE, build_questions
-from rag.evaluation import EvalQuestion, is_hit
-from rag.pdfwrite import write_pdf
+from rag.ops.evaluation import EvalQuestion, is_hit
 from rag.records import Passage
+from tests.pdfwrite import write_pdf
 
 PAGES = [
     "Formatting Your Source Code. Please keep the length of source lines to 79 characters "

@@ -22,7 +22,7 @@ import pytest
 from litestar import Litestar, get
 from litestar.testing import TestClient
 
-from rag.apikeys import add_key
+from rag.accounts.apikeys import add_key
 from rag.config import LlmSettings, ServerSettings, Settings, StorageSettings
 from tests.conftest import TEST_MODEL
 from web.app import create_app

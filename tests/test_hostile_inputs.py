@@ -17,9 +17,9 @@ import pytest
 
 from ingest.pipeline import run_ingest
 from rag.config import IngestSettings, Settings
-from rag.embedder import Embedder
-from rag.pdfwrite import write_form_pdf
-from rag.store import Store
+from rag.embed.embedder import Embedder
+from rag.index.store import Store
+from tests.pdfwrite import write_form_pdf
 
 from .conftest import RAG, ROOT, rag_env
 

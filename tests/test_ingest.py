@@ -10,9 +10,9 @@ import pytest
 from ingest.pipeline import Progress, run_ingest
 from ingest.reembed import reembed
 from rag.config import IngestSettings, Settings
-from rag.embedder import Embedder
+from rag.embed.embedder import Embedder
 from rag.errors import StoreError
-from rag.store import Store, open_store
+from rag.index.store import Store, open_store
 
 from .conftest import SAMPLES
 from .corpus import write_bad_inputs, write_corpus
@@ -175,7 +175,7 @@ def test_a_file_that_turns_bad_keeps_its_stored_chunks(
 def test_scanned_pages_are_listed_in_the_report(
     tmp_path: Path, settings: Settings, embedder: Embedder, store: Store
 ) -> None:
-    from rag.pdfwrite import write_pdf
+    from tests.pdfwrite import write_pdf
 
     write_pdf(tmp_path / "mixed.pdf", ["Text on the first page.", "", ""])
     write_pdf(tmp_path / "scan.pdf", ["", ""])

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.writelock import write_lock
+from rag.index.writelock import write_lock
 
 from .conftest import RAG, rag_env, stored_state
 from .corpus import write_bad_inputs, write_corpus

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rag.apikeys import add_key
+from rag.accounts.apikeys import add_key
 from rag.config import LlmSettings, Settings, StorageSettings
 from tests.conftest import TEST_MODEL
 

@@ -12,18 +12,18 @@ from typing import Any
 
 import pytest
 
-from rag.answer import Answerer
 from rag.config import LlmSettings
-from rag.embedder import Embedder
-from rag.engine import mlx_backend
-from rag.enginechoice import choose_engine
+from rag.embed.embedder import Embedder
 from rag.errors import ContextOverflowError
-from rag.generation import Generation
-from rag.llamacpp import LlamaCppEngine
-from rag.prompts import SYSTEM_PROMPT
+from rag.index.store import Store
+from rag.llm.base import Generation
+from rag.llm.llamacpp import LlamaCppEngine
+from rag.llm.load import choose_engine
+from rag.llm.mlx import mlx_backend
+from rag.qa.answerer import Answerer
+from rag.qa.prompts import SYSTEM_PROMPT
+from rag.qa.rerank import RERANK_SYSTEM_PROMPT
 from rag.records import Delta
-from rag.rerank import RERANK_SYSTEM_PROMPT
-from rag.store import Store
 
 pytestmark = pytest.mark.slow  # runs the LLM
 

@@ -15,9 +15,9 @@ import pytest
 
 from ingest.pipeline import run_ingest
 from rag.config import ChunkingSettings
-from rag.embedder import Embedder
-from rag.store import FTS_INDEX, VECTOR_INDEX, open_store
-from rag.writelock import write_lock
+from rag.embed.embedder import Embedder
+from rag.index.store import FTS_INDEX, VECTOR_INDEX, open_store
+from rag.index.writelock import write_lock
 
 from .conftest import RAG, SAMPLES, rag_env
 from .corpus import write_corpus

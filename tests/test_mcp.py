@@ -19,8 +19,8 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from rag.mcpserver import document_text, document_uri, parse_uri
 from rag.records import Answer, Passage
+from web.mcpserver import document_text, document_uri, parse_uri
 
 from .conftest import RAG, ROOT, SAMPLES, rag_env, start_server, stop_server
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from rag.catalog import read_model_spec
 from rag.config import load_settings
-from rag.packaged import model_path
+from rag.models.catalog import read_model_spec
+from rag.models.packaged import model_path
 from tests.conftest import RAG, rag_env
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -231,7 +231,7 @@ def test_an_mlx_machine_gets_the_model_directory_under_its_repo_id(
     got = json.loads(done.stdout)
     assert got["model"] == "test/tiny-mlx"
     assert sorted(got["files"]) == ["config.json", "model.safetensors", "tokenizer.json"]
-    # What rag.catalog does to find a hub id in the cache.
+    # What rag.models.catalog does to find a hub id in the cache.
     found = snapshot_download("test/tiny-mlx", cache_dir=tmp_path / "hub", local_files_only=True)
     assert sorted(p.name for p in Path(found).iterdir()) == got["files"]
     # --set on a config file with no [llm] table adds one.

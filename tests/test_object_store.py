@@ -29,9 +29,9 @@ import numpy as np
 import pytest
 
 from rag.config import StorageSettings
-from rag.objectstore import index_location
-from rag.store import open_index
-from rag.writelock import write_lock
+from rag.index.location import index_location
+from rag.index.store import open_index
+from rag.index.writelock import write_lock
 
 from .conftest import RAG, ROOT, free_port, rag_env
 
@@ -217,8 +217,8 @@ def test_a_killed_writers_lease_is_taken_over_after_lease_s(keys: S3Server, tmp_
             "-c",
             "import sys, time\n"
             "from rag.config import StorageSettings\n"
-            "from rag.objectstore import index_location\n"
-            "from rag.writelock import write_lock\n"
+            "from rag.index.location import index_location\n"
+            "from rag.index.writelock import write_lock\n"
             f"s = StorageSettings(**{dataclasses.asdict(storage)!r})\n"
             "with write_lock(s.data_path, 0, location=index_location(s), lease_s=s.lease_s):\n"
             "    print('held', flush=True)\n"

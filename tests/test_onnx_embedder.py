@@ -9,10 +9,10 @@ import pytest
 
 from ingest.pipeline import run_ingest
 from rag.config import EmbeddingSettings, Settings
-from rag.embedder import Embedder, load_embedder
+from rag.embed.embedder import Embedder, load_embedder
+from rag.embed.onnx import MODEL_NAME
 from rag.errors import ConfigError, ModelLoadError
-from rag.onnxmodel import MODEL_NAME
-from rag.store import open_store
+from rag.index.store import open_store
 
 from .corpus import write_corpus
 

@@ -10,7 +10,7 @@ import numpy as np
 import openai
 import pytest
 
-from rag.embedder import Embedder
+from rag.embed.embedder import Embedder
 
 QUESTION = "How many days of paid vacation do employees get per year?"
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from rag.catalog import read_model_spec
 from rag.errors import ModelLoadError
-from rag.packaged import PackagedModel, Part, installed_models, packaged_model
-from rag.planner import weights_bytes
+from rag.models.catalog import read_model_spec
+from rag.models.packaged import PackagedModel, Part, installed_models, packaged_model
+from rag.models.planner import weights_bytes
 from tests.conftest import RAG, rag_env
 
 
@@ -187,7 +187,7 @@ def test_an_unknown_gguf_quantization_is_refused_before_loading(tmp_path: Path) 
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFWriter
 
-    from rag.gguf import load_gguf
+    from rag.llm.gguf import load_gguf
 
     path = tmp_path / "q5k.gguf"
     writer = GGUFWriter(str(path), "qwen2")
@@ -241,9 +241,9 @@ def test_the_converted_qwen_answers_what_llama_cpp_answers(converted_qwen: Path)
     from llama_cpp import Llama
     from mlx_lm.generate import generate_step
 
-    from rag.cputune import tune_model
-    from rag.generation import render_chat
-    from rag.packaged import model_path
+    from rag.llm.base import render_chat
+    from rag.llm.cputune import tune_model
+    from rag.models.packaged import model_path
 
     config = json.loads((converted_qwen / "config.json").read_text())
     assert config["model_type"] == "qwen2"

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rag.engine import MlxEngine
 from rag.errors import ContextOverflowError
-from rag.packing import merge_adjacent, pack
-from rag.prompts import build_messages
+from rag.llm.mlx import MlxEngine
+from rag.qa.packing import merge_adjacent, pack
+from rag.qa.prompts import build_messages
 from rag.records import Passage
 
 VOCABULARY = (

@@ -9,7 +9,7 @@ from ingest.parsers import kind_of, parse_file
 from ingest.text import decode_text
 from ingest.webpage import parse_html
 from rag.errors import ParseError
-from rag.pdfwrite import write_pdf
+from tests.pdfwrite import write_pdf
 
 from .corpus import write_encrypted_pdf
 

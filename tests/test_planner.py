@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from rag.catalog import CATALOG, catalog_spec
 from rag.config import EmbeddingSettings, HardwareSettings, LlmSettings, Settings, StorageSettings
-from rag.engine import MlxEngine
 from rag.errors import InsufficientMemoryError
-from rag.hardware import GB, GIB, apple_bandwidth_bytes_per_s, simulate_hardware
-from rag.modelspec import ModelSpec, embedder_weights_bytes
-from rag.planner import (
+from rag.llm.mlx import MlxEngine
+from rag.models.catalog import CATALOG, catalog_spec
+from rag.models.hardware import GB, GIB, apple_bandwidth_bytes_per_s, simulate_hardware
+from rag.models.planner import (
     choose_model,
     decode_tokens_per_s,
     kv_bytes,
@@ -23,6 +22,7 @@ from rag.planner import (
     plan,
     weights_bytes,
 )
+from rag.models.spec import ModelSpec, embedder_weights_bytes
 from tests.conftest import TEST_MODEL
 
 from .conftest import RAG, ROOT, rag_env
@@ -140,7 +140,7 @@ def test_an_mlx_directory_is_read_from_its_headers_as_mlx_holds_it(tmp_path: Pat
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
-    from rag.modelspec import read_mlx_spec
+    from rag.models.spec import read_mlx_spec
 
     config = {
         "model_type": "llama",
@@ -243,9 +243,9 @@ def test_serving_refuses_a_model_over_the_memory_limit_before_loading(tmp_path: 
 
 @pytest.mark.slow
 def test_the_answerer_context_is_capped_at_what_the_memory_limit_holds(tmp_path: Path) -> None:
-    from rag.answer import load_answerer
-    from rag.hardware import resolve_hardware
-    from rag.sizing import plan_configured
+    from rag.models.hardware import resolve_hardware
+    from rag.models.sizing import plan_configured
+    from rag.qa.answerer import load_answerer
 
     settings = Settings(
         storage=StorageSettings(data_dir=str(tmp_path / "data")),
@@ -266,8 +266,8 @@ def test_measured_peak_memory_matches_the_prediction(engine: MlxEngine) -> None:
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from rag.catalog import read_model_spec
-    from rag.hardware import detect_hardware
+    from rag.models.catalog import read_model_spec
+    from rag.models.hardware import detect_hardware
 
     backend = detect_hardware().backend
     spec = read_model_spec("bundled")

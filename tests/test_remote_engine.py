@@ -20,13 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rag.answer import load_answerer
 from rag.config import ChunkingSettings, LlmSettings, Settings, StorageSettings
-from rag.embedder import Embedder
-from rag.engine import MlxEngine
+from rag.embed.embedder import Embedder
+from rag.index.store import open_store
+from rag.llm.mlx import MlxEngine
+from rag.llm.remote import OpenAIEngine, load_remote_engine
+from rag.qa.answerer import load_answerer
 from rag.records import Answer, Delta
-from rag.remote import OpenAIEngine, load_remote_engine
-from rag.store import open_store
 from tests.conftest import RAG, ROOT, free_port, rag_env
 
 pytestmark = pytest.mark.slow
@@ -177,7 +177,7 @@ def test_cancelling_closes_the_stream_at_once(indexed: Settings) -> None:
 def test_doctor_checks_the_generation_server(indexed: Settings) -> None:
     from dataclasses import replace
 
-    from rag.doctor import FAIL, OK, check_generation_server
+    from rag.ops.doctor import FAIL, OK, check_generation_server
 
     [up] = check_generation_server(indexed.llm)
     assert up.status == OK and indexed.llm.base_url in up.evidence

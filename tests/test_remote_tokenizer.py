@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from rag.errors import ModelLoadError
-from rag.generation import render_chat
-from rag.packaged import model_path
-from rag.remote import load_tokenizer
+from rag.llm.base import render_chat
+from rag.llm.remote import load_tokenizer
+from rag.models.packaged import model_path
 
 MESSAGES = [
     {"role": "system", "content": "Answer from the passages; cite them as [1]."},

@@ -8,9 +8,9 @@ import pytest
 
 from ingest.pipeline import run_ingest
 from rag.config import ChunkingSettings, RetrievalSettings
-from rag.embedder import Embedder
-from rag.records import Passage
-from rag.retrieval import (
+from rag.embed.embedder import Embedder
+from rag.index.store import Store
+from rag.qa.retrieval import (
     Retriever,
     diversify,
     fuse,
@@ -19,7 +19,7 @@ from rag.retrieval import (
     is_relevant,
     text_share,
 )
-from rag.store import Store
+from rag.records import Passage
 
 DOCS = {
     "cache.md": "# Cache\n\nTo clear the build cache run kx7734-reset on the build host. "
@@ -52,7 +52,7 @@ NASTY_QUERIES = [
 @pytest.fixture(scope="module")
 def index(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Store:
     """Three documents in collection alpha, a secret one in collection beta."""
-    from rag.store import open_store
+    from rag.index.store import open_store
 
     root = tmp_path_factory.mktemp("retrieval")
     (root / "alpha").mkdir()

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from rag.catalog import read_model_spec
+from rag.accounts.usage import UsageLedger, UsageRecord, recent_speeds
 from rag.config import LlmSettings, Settings
-from rag.hardware import GIB, detect_hardware, simulate_hardware
-from rag.machinespeed import (
+from rag.models.catalog import read_model_spec
+from rag.models.choice import choose_model_spec, plan_candidates
+from rag.models.hardware import GIB, detect_hardware, simulate_hardware
+from rag.models.planner import ttft_s
+from rag.models.spec import ModelSpec
+from rag.models.speed import (
     MachineSpeed,
     cache_path,
     cached_speed,
@@ -24,10 +28,6 @@ from rag.machinespeed import (
     speed_engine,
     store_speed,
 )
-from rag.modelchoice import choose_model_spec, plan_candidates
-from rag.modelspec import ModelSpec
-from rag.planner import ttft_s
-from rag.usage import UsageLedger, UsageRecord, recent_speeds
 
 from .conftest import RAG, ROOT, rag_env
 
@@ -171,7 +171,7 @@ def test_ttft_grows_with_the_prompt_faster_than_linearly() -> None:
 
 
 def test_apple_chips_predict_prefill_from_the_gpu_table() -> None:
-    from rag.machinespeed import table_speed
+    from rag.models.speed import table_speed
 
     small, large = (
         table_speed(simulate_hardware(16, "M4")),

@@ -1,4 +1,4 @@
-"""Answer sentences checked against the passages they cite (rag.support)."""
+"""Answer sentences checked against the passages they cite (rag.qa.support)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from ingest.pdf import parse_pdf_bytes
-from rag.evaluation import EvalQuestion, evaluate, render_report
+from rag.ops.evaluation import EvalQuestion, evaluate, render_report
+from rag.qa.support import check_answer, key_tokens, split_sentences
 from rag.records import Answer, Passage
-from rag.support import check_answer, key_tokens, split_sentences
 
 from .conftest import FAST_LLM_ENV, RAG, ROOT, rag_env
 
@@ -148,7 +148,7 @@ def test_ask_json_checks_every_sentence_of_the_answer(sample_data_dir: Path) -> 
 
 
 def test_a_small_number_stands_on_the_word_the_source_writes() -> None:
-    from rag.support import missing_keys
+    from rag.qa.support import missing_keys
 
     source = Passage("c", "handbook.md", None, "", "Up to three days per week.", 1.0)
     assert missing_keys("3 days per week [1].", [source]) == []

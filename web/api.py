@@ -12,8 +12,8 @@ import msgspec
 from litestar import Request, get, post
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 
-from rag.answer import Answerer
 from rag.errors import NotFoundError, RagError, UsageError
+from rag.qa.answerer import Answerer
 from rag.records import Answer, Delta
 from web.auth import AUTH_ONLY, Caller
 from web.models import ModelHost
@@ -127,8 +127,8 @@ async def ask(
     summary="The memory plan: machine, model, context, what fits and why",
 )
 async def memory_plan(request: Request[Any, Any, Any], caller: Caller) -> dict[str, Any]:
-    from rag.enginechoice import choose_engine
-    from rag.sizing import size_machine
+    from rag.llm.load import choose_engine
+    from rag.models.sizing import size_machine
 
     host = _host(request)
     # Reads model metadata from disk: off the event loop, but not on the busy model thread.
@@ -147,7 +147,7 @@ async def memory_plan(request: Request[Any, Any, Any], caller: Caller) -> dict[s
     summary="The `rag doctor` checks: status, evidence and fix of each",
 )
 async def doctor(request: Request[Any, Any, Any], caller: Caller) -> dict[str, Any]:
-    from rag.doctor import checks_to_json, run_checks
+    from rag.ops.doctor import checks_to_json, run_checks
 
     checks = await asyncio.to_thread(run_checks, _host(request).settings)
     return checks_to_json(checks)

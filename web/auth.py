@@ -11,7 +11,7 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
 
-from rag.apikeys import ApiKey, find_key, load_keys
+from rag.accounts.apikeys import ApiKey, find_key, load_keys
 from rag.errors import AuthError, ForbiddenError, RateLimitedError
 
 ANONYMOUS = "anonymous"

@@ -27,8 +27,8 @@ from web.models import ModelHost
 from web.uploads import receive_uploads, request_limit_bytes
 
 if TYPE_CHECKING:
+    from rag.index.store import Store, StoredDocument
     from rag.records import Passage
-    from rag.store import Store, StoredDocument
 
 T = TypeVar("T")
 # Collections an upload may create: the names `rag keys add --collection` can scope.
@@ -50,7 +50,7 @@ class Library:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _open(self) -> Store:
-        from rag.store import open_index
+        from rag.index.store import open_index
 
         if self._store is None:
             # Any embedding model: listing needs none. Strong consistency: a job's documents

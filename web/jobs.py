@@ -1,7 +1,7 @@
 """Upload ingest jobs: queued, run one at a time through the ingest pipeline, watched by id.
 
 A job is one upload's files for one collection. Jobs and document removals run on a single
-writer thread, so they queue behind each other and the index has one writer; rag.writelock
+writer thread, so they queue behind each other and the index has one writer; rag.index.writelock
 also keeps out a `rag ingest` in another process (a job then says it waits for it). The
 event loop only enqueues work and reads job state: parsing, embedding and writing never run
 on it. A file that fails (unsupported, unreadable, no text, too slow) fails alone and its
@@ -34,8 +34,8 @@ from web.uploads import Upload, stored_upload
 
 if TYPE_CHECKING:
     from ingest.report import Progress
-    from rag.embedder import Embedder
-    from rag.store import Store, StoredDocument
+    from rag.embed.embedder import Embedder
+    from rag.index.store import Store, StoredDocument
 
 T = TypeVar("T")
 log = logging.getLogger("rag.web")
@@ -203,7 +203,7 @@ class JobRunner:
     # -- on the writer thread -----------------------------------------------------------
 
     def writer_store(self, embedder: Embedder | None = None) -> Store:
-        from rag.store import open_index
+        from rag.index.store import open_index
 
         storage = self.settings.storage
         if self._store is None or (embedder and self._store.embedding_model != embedder.name):

@@ -1,4 +1,4 @@
-"""The MCP server (rag.mcpserver) on the service's pieces: /mcp over HTTP, and `rag mcp`.
+"""The MCP server (web.mcpserver) on the service's pieces: /mcp over HTTP, and `rag mcp`.
 
 Over HTTP the endpoint speaks Streamable HTTP in its stateless JSON form: each POST carries
 one JSON-RPC message and gets one JSON answer, so no session lives on the server and any
@@ -39,14 +39,14 @@ from mcp.server.transport_security import TransportSecuritySettings
 
 from rag.config import Settings
 from rag.errors import OverloadedError
-from rag.mcpserver import Backend, build_server
 from rag.records import Answer, Passage
 from web.auth import ANONYMOUS, Caller, authenticate
 from web.documents import Library
+from web.mcpserver import Backend, build_server
 from web.models import ModelHost
 
 if TYPE_CHECKING:
-    from rag.store import StoredDocument
+    from rag.index.store import StoredDocument
 
 MCP_PATH = "/mcp"
 # The app's cap on JSON bodies (web/app.py's request_max_body_size).

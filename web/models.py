@@ -3,7 +3,7 @@
 Models load in the background so `/health` answers at once and `/ready` says when questions
 can be asked. The event loop never blocks: each admitted request runs on a worker thread.
 Generation goes through the engine's one generation thread, which batches up to the planned
-concurrency of requests (rag.batching; llama.cpp: one at a time) and is the only thread that
+concurrency of requests (rag.llm.batching; llama.cpp: one at a time) and is the only thread that
 runs the model. The other model
 work (embedding, tokenizing, searching) holds the model lock, so the embedder and the
 tokenizer never see two threads at once; a request gives the lock up while it waits for its
@@ -22,12 +22,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from rag.answer import Answerer, load_answerer
+from rag.accounts.cost import request_cost
+from rag.accounts.usage import UsageLedger, UsageRecord, busy_seconds
 from rag.config import Settings
-from rag.cost import request_cost
 from rag.errors import DeadlineError, NotReadyError, OverloadedError, RagError
+from rag.qa.answerer import Answerer, load_answerer
 from rag.records import Answer
-from rag.usage import UsageLedger, UsageRecord, busy_seconds
 from web.metrics import record_answer, record_cost, track_memory, track_queue_depth
 
 T = TypeVar("T")

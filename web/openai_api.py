@@ -163,7 +163,7 @@ async def chat_completions(
             ],
             "usage": _usage(answer),
             "citations": checked["citations"],
-            # Each answer sentence checked against the sources it cites (rag.support).
+            # Each answer sentence checked against the sources it cites (rag.qa.support).
             "sentences": checked["sentences"],
             # rag's extensions: the query searched for a follow-up, and what did not fit.
             "rewritten_query": answer.rewritten_query,
