@@ -354,12 +354,12 @@ def main() -> None:
 def default_model_vs_plan(answer_tokens: int) -> None:
     """6. The model `auto` picks here: its measured speed beside the planner's prediction."""
     from rag.config import load_settings
+    from rag.llm.choice import resolve_model, with_model
     from rag.llm.load import load_engine
+    from rag.llm.probe import speed_for
     from rag.models.catalog import read_model_spec
-    from rag.models.choice import resolve_model, with_model
     from rag.models.hardware import resolve_hardware
     from rag.models.planner import decode_tokens_per_s, ttft_s
-    from rag.models.speed import speed_for
 
     settings = load_settings()
     settings = with_model(settings, resolve_model(settings))

@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.build_debian_faq_eval import DEFAULT_CACHE, build  # noqa: E402
-from ingest.pipeline import Progress, run_ingest  # noqa: E402
+from ingest.report import Progress  # noqa: E402
+from ingest.run import run_ingest  # noqa: E402
 from rag.config import (  # noqa: E402
     ChunkingSettings,
     EmbeddingSettings,

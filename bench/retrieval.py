@@ -85,7 +85,7 @@ class EvalSet:
 
 
 def ingest(data_dir: Path, paths: list[Path], collection: str, embedder: Embedder) -> Store:
-    from ingest.pipeline import run_ingest
+    from ingest.run import run_ingest
 
     store = open_store(data_dir, embedder.name, embedder.dim)
     report = run_ingest(

@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--search-seconds", type=float, default=10.0)
     args = parser.parse_args()
 
-    from ingest.pipeline import run_ingest
+    from ingest.run import run_ingest
     from rag.qa.answerer import load_answerer
 
     with tempfile.TemporaryDirectory() as tmp:

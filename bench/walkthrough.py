@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ingest.pipeline import run_ingest  # noqa: E402
+from ingest.run import run_ingest  # noqa: E402
 from rag.config import Settings, StorageSettings, override  # noqa: E402
 from rag.qa.answerer import load_answerer  # noqa: E402
 

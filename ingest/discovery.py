@@ -23,8 +23,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ingest.parsers import kind_of
 from rag.errors import ParseError, RagError
+
+SUFFIXES: dict[str, str] = {
+    ".pdf": "pdf",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".mdown": "markdown",
+    ".mkd": "markdown",
+    ".txt": "text",
+    ".text": "text",
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+    ".rst": "rst",
+    ".rest": "rst",
+}
+
+
+def kind_of(path: Path) -> str | None:
+    """The format we read `path` as, or None when it is of a kind we skip."""
+    return SUFFIXES.get(path.suffix.lower())
+
 
 # Skip reasons (by rule; the run succeeds) and failure reasons (exit code 1), as reported.
 HIDDEN, UNSUPPORTED, LINK_OUTSIDE, DUPLICATE = "hidden", "unsupported", "link_outside", "duplicate"
@@ -220,3 +240,11 @@ class _Walk:
 
     def _fail(self, path: Path, reason: str, message: str) -> None:
         self.found.failed.append((path, reason, message))
+
+
+def size_bytes(path: Path) -> int:
+    """The file's size for progress estimates: 0 when it cannot be read (it fails later)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+import ingest
+import rag
 from ingest.chunker import Window
 from ingest.discovery import Entry, read_regular
 from ingest.parsers import ParsedDocument, parse_bytes
@@ -76,8 +78,6 @@ def connect(
             "--ray needs Ray, which is not installed here: pip install 'rag[ray]'"
         ) from e
     _check_reachable(address)
-    import ingest
-    import rag
 
     runtime_env = {
         # The workers import the driver's code, whatever is (or is not) installed there.

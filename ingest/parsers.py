@@ -12,25 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingest.budget import TextBudget
+from ingest.discovery import kind_of, read_regular
 from ingest.markup import parse_markdown, parse_rst
+from ingest.pdf import parse_pdf_bytes
 from ingest.text import declared_charset, decode_text
+from ingest.webpage import parse_html
 from rag.errors import ParseError
 from rag.records import Section
-
-SUFFIXES: dict[str, str] = {
-    ".pdf": "pdf",
-    ".md": "markdown",
-    ".markdown": "markdown",
-    ".mdown": "markdown",
-    ".mkd": "markdown",
-    ".txt": "text",
-    ".text": "text",
-    ".html": "html",
-    ".htm": "html",
-    ".xhtml": "html",
-    ".rst": "rst",
-    ".rest": "rst",
-}
 
 
 @dataclass
@@ -41,11 +29,6 @@ class ParsedDocument:
     empty_pages: list[int] = field(default_factory=list)  # PDF pages with no extractable text
 
 
-def kind_of(path: Path) -> str | None:
-    """The format we read `path` as, or None when it is of a kind we skip."""
-    return SUFFIXES.get(path.suffix.lower())
-
-
 def parse_file(
     path: Path, max_file_bytes: int, budget: TextBudget | None = None, name: Path | None = None
 ) -> ParsedDocument:
@@ -54,8 +37,6 @@ def parse_file(
     `path` is the regular file to read; `name` (default: `path`) names it in messages and
     decides its format, as for a link read under its own name.
     """
-    from ingest.discovery import read_regular
-
     name = name or path
     if kind_of(name) is None:
         raise ParseError(f"{name}: unsupported file type", "unsupported")
@@ -78,8 +59,6 @@ def parse_bytes(path: Path, data: bytes, budget: TextBudget | None = None) -> Pa
         raise ParseError(f"{path}: unsupported file type", "unsupported")
     doc_hash = hashlib.sha256(data).hexdigest()
     if kind == "pdf":
-        from ingest.pdf import parse_pdf_bytes
-
         pdf = parse_pdf_bytes(data, str(path), budget)
         return ParsedDocument(pdf.sections, doc_hash, pdf.pages, pdf.empty_pages)
     declared = declared_charset(data) if kind == "html" else None
@@ -92,15 +71,9 @@ def _parse_plain(text: str) -> list[Section]:
     return [Section(text=text)] if text.strip() else []
 
 
-def _parse_html(text: str) -> list[Section]:
-    from ingest.webpage import parse_html
-
-    return parse_html(text)
-
-
 _TEXT_PARSERS: dict[str, Callable[[str], list[Section]]] = {
     "markdown": parse_markdown,
     "text": _parse_plain,
     "rst": parse_rst,
-    "html": _parse_html,
+    "html": parse_html,
 }

@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ingest.budget import TextBudget
 from ingest.chunker import MAX_CHARS_PER_TOKEN, Tokenizer, Window, iter_spans
-from ingest.discovery import Entry, Found, discover, located, open_regular
+from ingest.discovery import Entry, Found, located, open_regular, size_bytes
 from ingest.parsers import ParsedDocument
-from ingest.report import IngestReport, Progress, ProgressMeter
+from ingest.report import IngestReport, ProgressMeter
 from ingest.worker import Limits, Outcome, ParsePool
 from rag.config import ChunkingSettings, IngestSettings
 from rag.embed.embedder import Embedder
@@ -36,17 +34,12 @@ from rag.index.schema import DocumentWrite
 from rag.index.store import Store, StoredDocument
 from rag.records import Chunk, Section
 
-if TYPE_CHECKING:
-    from ingest.distributed import RayCluster
-
 # Part of every document's stored fingerprint: bump it when parsing or chunking changes so the
 # next ingest redoes files whose bytes did not change.
 PIPELINE_VERSION = "2"
 # Texts per embed() call inside a flush: one progress update each, and a chance to start the
 # next parse while the model works.
 EMBED_SLICE_BATCHES = 4
-
-__all__ = ["IngestReport", "Progress", "discover", "run_ingest"]
 
 
 def display_source(path: Path) -> str:
@@ -146,61 +139,6 @@ class ParsedFile:
     doc_hash: str
 
 
-def run_ingest(
-    paths: Iterable[Path],
-    *,
-    collection: str,
-    chunking: ChunkingSettings,
-    embedder: Embedder,
-    store: Store,
-    batch_size: int = 32,
-    on_progress: Callable[[Progress], None] | None = None,
-    ingest: IngestSettings | None = None,
-    sync: bool = False,
-    on_wait: Callable[[str], None] | None = None,
-    names: Mapping[Path, str] | None = None,
-    cluster: RayCluster | None = None,
-) -> IngestReport:
-    """Bring `collection` up to date with the files under `paths`; see the module docstring.
-
-    With `sync`, documents whose files are gone from under `paths` are removed too.
-    `names` gives files a display name (uploads stored under generated names): it becomes
-    the document's source and its identity, so uploading the same name again replaces it.
-    With `cluster`, files are parsed and embedded on Ray workers (ingest/distributed.py);
-    planning, skipping and writing stay here, in the one writer.
-    """
-    started = time.perf_counter()
-    roots = [Path(p) for p in paths]
-    found = discover(roots)
-    files = found.files
-    report = IngestReport()
-    for path, reason in found.skipped:
-        report.skip(display_source(path), reason)
-    for path, reason, message in found.failed:
-        report.fail((names or {}).get(path) or display_source(path), message, reason)
-    with store.writer(on_wait):
-        run = IngestRun(
-            collection, chunking, ingest or IngestSettings(), embedder, store, batch_size
-        )
-        run.names = dict(names or {})
-        run.meter = ProgressMeter(on_progress, len(files))
-        run.meter.work_total = sum(_size(e.target) for e in files)
-        run.report = report
-        if sync:
-            run.remove_gone(roots, found)
-        if cluster is None:
-            run.ingest(files)
-        else:
-            from ingest.distributed import ingest_on_ray
-
-            ingest_on_ray(run, files, cluster)
-        run.meter.emit("optimizing")
-        store.maintain(wrote=run.wrote)
-    report.seconds = round(time.perf_counter() - started, 3)
-    run.meter.emit("done")
-    return report
-
-
 class IngestRun:
     """One ingest's state: the plan (what to skip), the report and progress, the writes.
 
@@ -216,6 +154,10 @@ class IngestRun:
         embedder: Embedder,
         store: Store,
         batch_size: int,
+        *,
+        meter: ProgressMeter,
+        report: IngestReport,
+        names: Mapping[Path, str] | None = None,
     ) -> None:
         self.collection = collection
         self.settings = settings
@@ -225,12 +167,12 @@ class IngestRun:
         self.window = Window.fit(embedder, chunking.chunk_tokens, chunking.overlap_tokens)
         self.pipeline = pipeline_fingerprint(self.window)
         self.stored = store.documents(collection)
-        self.report = IngestReport()
-        self.meter = ProgressMeter(None, 0)
+        self.report = report
+        self.meter = meter
         self.pending: list[ParsedFile] = []
         self.jobs: dict[int, FileJob] = {}
         self.wrote = False
-        self.names: dict[Path, str] = {}
+        self.names: dict[Path, str] = dict(names or {})
         self.limits = Limits(
             timeout_s=settings.parse_timeout_s,
             memory_bytes=settings.parse_memory_mb * 2**20,
@@ -294,7 +236,7 @@ class IngestRun:
         try:
             size, doc_hash = _hash_file(entry.target, self.limits.max_file_bytes)
         except ParseError as e:
-            self.meter.work_total -= _size(entry.target)
+            self.meter.work_total -= size_bytes(entry.target)
             message = e.message.replace(f"{entry.target}: ", "").replace(f" {entry.target}", "")
             self._failed(source, message, e.reason)
             return None
@@ -428,13 +370,6 @@ class IngestRun:
         self.report.fail(source, message, reason)
         self.meter.files_done += 1
         self.meter.emit("parsing", source)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _hash_file(path: Path, max_bytes: int) -> tuple[int, str]:

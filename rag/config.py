@@ -109,7 +109,7 @@ class LlmSettings:
     served_model: str = ""
     api_key_env: str = "LLM_API_KEY"
     connect_timeout_s: float = 10.0
-    # What llm.model = "auto" asks of a model besides fitting (rag.models.choice).
+    # What llm.model = "auto" asks of a model besides fitting (rag.llm.choice).
     typical_prompt_tokens: int = 1000
     target_ttft_s: float = 20.0
     target_tokens_per_s: float = 5.0

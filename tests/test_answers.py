@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.pipeline import run_ingest
+from ingest.run import run_ingest
 from rag.config import ChunkingSettings
 from rag.embed.embedder import Embedder
 from rag.index.store import Store, open_store

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ingest.pipeline import run_ingest
+from ingest.run import run_ingest
 from rag.config import IngestSettings, Settings
 from rag.embed.embedder import Embedder
 from rag.index.store import Store

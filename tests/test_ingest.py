@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from ingest.pipeline import Progress, run_ingest
 from ingest.reembed import reembed
+from ingest.report import Progress
+from ingest.run import run_ingest
 from rag.config import IngestSettings, Settings
 from rag.embed.embedder import Embedder
 from rag.errors import StoreError

@@ -13,7 +13,7 @@ from typing import Any
 import lancedb
 import pytest
 
-from ingest.pipeline import run_ingest
+from ingest.run import run_ingest
 from rag.config import ChunkingSettings
 from rag.embed.embedder import Embedder
 from rag.index.store import FTS_INDEX, VECTOR_INDEX, open_store

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.pipeline import run_ingest
+from ingest.run import run_ingest
 from rag.config import EmbeddingSettings, Settings
 from rag.embed.embedder import Embedder, load_embedder
 from rag.embed.onnx import MODEL_NAME

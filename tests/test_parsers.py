@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from ingest.discovery import kind_of
 from ingest.markup import parse_markdown, parse_rst
-from ingest.parsers import kind_of, parse_file
+from ingest.parsers import parse_file
 from ingest.text import decode_text
 from ingest.webpage import parse_html
 from rag.errors import ParseError

@@ -243,8 +243,8 @@ def test_serving_refuses_a_model_over_the_memory_limit_before_loading(tmp_path: 
 
 @pytest.mark.slow
 def test_the_answerer_context_is_capped_at_what_the_memory_limit_holds(tmp_path: Path) -> None:
+    from rag.llm.sizing import plan_configured
     from rag.models.hardware import resolve_hardware
-    from rag.models.sizing import plan_configured
     from rag.qa.answerer import load_answerer
 
     settings = Settings(

@@ -103,7 +103,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory, server: str, model_dir: P
 
 @pytest.fixture(scope="module")
 def indexed(settings: Settings, embedder: Embedder) -> Settings:
-    from ingest.pipeline import run_ingest
+    from ingest.run import run_ingest
 
     store = open_store(settings.storage.data_path, embedder.name, embedder.dim)
     docs = settings.storage.data_path.parent / "docs"
@@ -177,7 +177,8 @@ def test_cancelling_closes_the_stream_at_once(indexed: Settings) -> None:
 def test_doctor_checks_the_generation_server(indexed: Settings) -> None:
     from dataclasses import replace
 
-    from rag.ops.doctor import FAIL, OK, check_generation_server
+    from rag.ops.check import FAIL, OK
+    from rag.ops.modelchecks import check_generation_server
 
     [up] = check_generation_server(indexed.llm)
     assert up.status == OK and indexed.llm.base_url in up.evidence

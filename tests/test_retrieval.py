@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.pipeline import run_ingest
+from ingest.run import run_ingest
 from rag.config import ChunkingSettings, RetrievalSettings
 from rag.embed.embedder import Embedder
 from rag.index.store import Store

@@ -12,8 +12,9 @@ import pytest
 
 from rag.accounts.usage import UsageLedger, UsageRecord, recent_speeds
 from rag.config import LlmSettings, Settings
+from rag.llm.choice import choose_model_spec, plan_candidates
+from rag.llm.probe import llamacpp_speed, machine_speed, probe_model, speed_engine
 from rag.models.catalog import read_model_spec
-from rag.models.choice import choose_model_spec, plan_candidates
 from rag.models.hardware import GIB, detect_hardware, simulate_hardware
 from rag.models.planner import ttft_s
 from rag.models.spec import ModelSpec
@@ -22,10 +23,6 @@ from rag.models.speed import (
     cache_path,
     cached_speed,
     hardware_identity,
-    llamacpp_speed,
-    machine_speed,
-    probe_model,
-    speed_engine,
     store_speed,
 )
 

@@ -12,7 +12,12 @@ import msgspec
 from litestar import Request, get, post
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 
+from rag.accounts.usage import UsageLedger, recent_speeds
 from rag.errors import NotFoundError, RagError, UsageError
+from rag.llm.load import choose_engine
+from rag.llm.sizing import size_machine
+from rag.ops.check import checks_to_json
+from rag.ops.doctor import run_checks
 from rag.qa.answerer import Answerer
 from rag.records import Answer, Delta
 from web.auth import AUTH_ONLY, Caller
@@ -127,12 +132,11 @@ async def ask(
     summary="The memory plan: machine, model, context, what fits and why",
 )
 async def memory_plan(request: Request[Any, Any, Any], caller: Caller) -> dict[str, Any]:
-    from rag.llm.load import choose_engine
-    from rag.models.sizing import size_machine
 
     host = _host(request)
     # Reads model metadata from disk: off the event loop, but not on the busy model thread.
-    sizing = await asyncio.to_thread(size_machine, host.settings)
+    measured = recent_speeds(UsageLedger(host.settings.storage.data_path).read())
+    sizing = await asyncio.to_thread(size_machine, host.settings, measured=measured)
     # The engine that runs (once loaded), else the one llm.engine resolves to, and why.
     if host.answerer is not None:
         engine = host.answerer.engine.info.to_json()
@@ -147,7 +151,6 @@ async def memory_plan(request: Request[Any, Any, Any], caller: Caller) -> dict[s
     summary="The `rag doctor` checks: status, evidence and fix of each",
 )
 async def doctor(request: Request[Any, Any, Any], caller: Caller) -> dict[str, Any]:
-    from rag.ops.doctor import checks_to_json, run_checks
 
     checks = await asyncio.to_thread(run_checks, _host(request).settings)
     return checks_to_json(checks)

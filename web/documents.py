@@ -21,6 +21,7 @@ from litestar.response import File, Response
 
 from rag.config import Settings
 from rag.errors import NotFoundError, UsageError
+from rag.index.store import open_index
 from web.auth import AUTH_ONLY, Caller
 from web.jobs import JobRunner
 from web.models import ModelHost
@@ -50,7 +51,6 @@ class Library:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _open(self) -> Store:
-        from rag.index.store import open_index
 
         if self._store is None:
             # Any embedding model: listing needs none. Strong consistency: a job's documents

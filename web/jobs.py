@@ -26,8 +26,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from litestar import Request, get
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
+from ingest.discovery import SUFFIXES, kind_of
+from ingest.pipeline import make_named_doc_id
+from ingest.run import run_ingest
 from rag.config import Settings
 from rag.errors import NotFoundError, OverloadedError, RagError
+from rag.index.store import open_index
 from web.auth import AUTH_ONLY, Caller
 from web.metrics import record_ingest_chunks, record_ingest_file, track_ingest
 from web.uploads import Upload, stored_upload
@@ -203,7 +207,6 @@ class JobRunner:
     # -- on the writer thread -----------------------------------------------------------
 
     def writer_store(self, embedder: Embedder | None = None) -> Store:
-        from rag.index.store import open_index
 
         storage = self.settings.storage
         if self._store is None or (embedder and self._store.embedding_model != embedder.name):
@@ -242,8 +245,6 @@ class JobRunner:
             job.version += 1
 
     def _ingest(self, job: IngestJob, embedder: Embedder) -> None:
-        from ingest.parsers import SUFFIXES, kind_of
-        from ingest.pipeline import make_named_doc_id, run_ingest
 
         readable: list[JobFile] = []
         with self._lock:

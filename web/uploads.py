@@ -22,6 +22,7 @@ from litestar.datastructures import UploadFile
 from litestar.exceptions import ClientException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
+from ingest.discovery import kind_of
 from rag.config import ServerSettings
 from rag.errors import TooLargeError, UsageError
 
@@ -140,7 +141,6 @@ def _size(f: UploadFile) -> int:
 
 
 def _store(f: UploadFile, name: str, directory: Path) -> Path:
-    from ingest.parsers import kind_of
 
     # Only a suffix a parser reads survives (it picks the parser); any other file keeps none
     # and its job reports it as unsupported.

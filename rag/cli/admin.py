@@ -98,10 +98,17 @@ def plan(
     --memory-gb and --chip describe another machine; the [hardware] overrides in the
     config apply to this one only.
     """
-    from rag.models.sizing import render_sizing, size_machine
+    from rag.accounts.usage import UsageLedger, recent_speeds
+    from rag.llm.sizing import render_sizing, size_machine
 
+    settings = cli_settings(ctx)
     sizing = size_machine(
-        cli_settings(ctx), memory_gb, chip, int(kv_bits) if kv_bits else None, measure=measure
+        settings,
+        memory_gb,
+        chip,
+        int(kv_bits) if kv_bits else None,
+        measure=measure,
+        measured=recent_speeds(UsageLedger(settings.storage.data_path).read()),
     )
     if as_json:
         emit_json(sizing.to_json())
@@ -119,7 +126,8 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     Each check is ok, warn or fail, with its evidence and a fix; exit code 1 when any fails.
     See docs/troubleshooting.md.
     """
-    from rag.ops.doctor import checks_to_json, render_checks, run_checks
+    from rag.ops.check import checks_to_json, render_checks
+    from rag.ops.doctor import run_checks
 
     checks = run_checks(cli_settings(ctx))
     report = checks_to_json(checks)

@@ -15,7 +15,7 @@ from rag.config import Settings, override
 from rag.errors import UsageError
 
 if TYPE_CHECKING:
-    from ingest.pipeline import Progress
+    from ingest.report import Progress
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -149,8 +149,9 @@ def _ingest(
     as_json: bool,
     cluster: Any = None,
 ) -> None:
-    from ingest.pipeline import IngestReport, run_ingest
     from ingest.reembed import reembed as rebuild
+    from ingest.report import IngestReport
+    from ingest.run import run_ingest
     from rag.embed.embedder import load_embedder
     from rag.index.store import open_index
 

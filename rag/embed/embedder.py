@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.config import EmbeddingSettings
+from rag.embed.onnx import MODEL_NAME, load_onnx_minilm
 from rag.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -143,7 +144,6 @@ def load_embedder(settings: EmbeddingSettings) -> Embedder:
 
 
 def _load_onnx(settings: EmbeddingSettings) -> Embedder:
-    from rag.embed.onnx import MODEL_NAME, load_onnx_minilm
 
     if settings.model != "bundled":
         raise ConfigError(

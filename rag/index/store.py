@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 from rag.config import StorageSettings
 from rag.errors import StoreError
-from rag.index.location import IndexLocation, local_location, store_error
+from rag.index.location import (
+    IndexLocation,
+    index_location,
+    local_location,
+    read_object,
+    s3_client,
+    store_error,
+    write_object,
+)
 from rag.index.schema import DocumentWrite, check_schema, chunk_rows, chunk_schema, to_arrow
 from rag.index.writelock import Hold, write_lock
 from rag.records import Chunk, Passage
@@ -94,8 +102,6 @@ class Store:
 
     def active_table_name(self) -> str:
         if self.location.remote:
-            from rag.index.location import read_object
-
             text = read_object(self._s3(), self.location, POINTER_FILE)
             return (text or b"").decode().strip() or TABLE
         try:
@@ -107,15 +113,11 @@ class Store:
 
     def _s3(self) -> Any:
         if self._client is None:
-            from rag.index.location import s3_client
-
             self._client = s3_client(self.location)
         return self._client
 
     def _set_pointer(self, name: str) -> None:
         if self.location.remote:
-            from rag.index.location import write_object
-
             write_object(self._s3(), self.location, POINTER_FILE, (name + "\n").encode())
         else:
             _replace_file(self.data_path / POINTER_FILE, name)
@@ -657,7 +659,6 @@ def open_index(
     Writers pass retrieval.vector_index_rows: the size at which their compactions build
     the vector index.
     """
-    from rag.index.location import index_location
 
     store = open_store(
         storage.data_path,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rag.errors import StoreError
+from rag.index.lease import Lease
 
 if TYPE_CHECKING:
     from rag.index.lease import Lease
@@ -139,7 +140,6 @@ def _open_lock(data_path: Path, path: Path) -> int:
 def _lease_lock(
     location: IndexLocation, wait_s: float, on_wait: Callable[[str], None] | None, lease_s: float
 ) -> Iterator[Hold]:
-    from rag.index.lease import Lease
 
     lock = _lock_for(Path(LOCK_FILE), f"lease:{location.uri}")
     if not lock.thread_lock.acquire(timeout=max(wait_s, 0.0)):

@@ -34,10 +34,10 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from rag.llm.local import LocalEngine
+from rag.llm.base import PrefixCache, TokenSource
+from rag.llm.kvcache import clone_cache, snapshot_cache
 
 log = logging.getLogger("rag.llm.batching")
 
@@ -78,10 +78,29 @@ class _Call:
         self.future: Future[Any] = Future()
 
 
+class BatchingEngine(Protocol):
+    """What the batcher uses of an in-process engine (rag.llm.local.LocalEngine)."""
+
+    model: Any
+    tokenizer: Any
+    prefill_step_tokens: int
+    prefixes: PrefixCache
+
+    def can_batch(self) -> bool: ...
+
+    def local_tokens(
+        self,
+        prompt_ids: list[int],
+        max_tokens: int,
+        temperature: float,
+        should_stop: Callable[[], bool],
+    ) -> TokenSource: ...
+
+
 class Batcher:
     def __init__(
         self,
-        engine: LocalEngine,
+        engine: BatchingEngine,
         concurrency: int,
         idle: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     ):
@@ -223,8 +242,6 @@ class Batcher:
             request = running.get(p.uid)
             prefix = request.store_prefix if request is not None else None
             if prefix is not None and p.end_of_segment and p.progress[0] == len(prefix):
-                from rag.llm.mlx import snapshot_cache
-
                 cache, _tokens = generator.extract_cache([p.uid])[p.uid]
                 self.engine.prefixes.put(prefix, snapshot_cache(cache))
                 request.store_prefix = None  # type: ignore[union-attr]
@@ -239,8 +256,6 @@ class Batcher:
 
     def _insert(self, generator: Any, request: BatchRequest) -> int:
         from mlx_lm.sample_utils import make_sampler
-
-        from rag.llm.mlx import clone_cache
 
         sampler = make_sampler(temp=request.temperature)
         ids = request.prompt_ids

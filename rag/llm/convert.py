@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rag.errors import ModelLoadError, UsageError
+from rag.llm.base import end_of_turn_token
+from rag.llm.gguf import load_gguf
+from rag.models.packaged import model_path
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,6 @@ def convert_model(
         raise UsageError(f"{directory} already exists and is not empty; give a new directory")
     if bits not in (4, 8):
         raise UsageError(f"--bits {bits}: use 4 or 8")
-    from rag.models.packaged import model_path
 
     path = model_path(source, cache_dir)
     if not path.exists():
@@ -75,9 +77,6 @@ def convert_model(
 
 def _write_from_gguf(path: Path, staged: Path) -> int | None:
     from mlx_lm.utils import save_config, save_model
-
-    from rag.llm.base import end_of_turn_token
-    from rag.llm.gguf import load_gguf
 
     # tune=False: the weights exactly as the file has them, not rag's CPU-tuned copies.
     model, tokenizer, config = load_gguf(path, tune=False)

@@ -23,32 +23,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.errors import ModelLoadError
+from rag.llm.cputune import tune_model
+from rag.models.gguffile import (
+    GGML_F32,
+    GGML_Q4_K,
+    GGML_Q6_K,
+    GROUP_SIZE,
+    KEPT_BITS,
+    REQUANTIZED_BITS,
+    GgufTensor,
+    check_tensor_types,
+    config_from_metadata,
+    read_gguf_layout,
+)
 
 if TYPE_CHECKING:
     import mlx.nn as nn
     from mlx_lm.tokenizer_utils import TokenizerWrapper
     from transformers import PreTrainedTokenizerBase
 
-    from rag.models.spec import GgufTensor
 
-# mx.load unpacks every GGUF block type it keeps quantized into groups of 32 values; the
-# re-quantized K-quants use the same group size, so one size holds for every layer.
-GROUP_SIZE = 32
-
-ARCHITECTURES = ("llama", "qwen2")
-# GGML tensor types (ggml.h numbering): mx.load copies F32 and F16 as they are ...
-GGML_F32 = 0
-GGML_F16 = 1
-# ... keeps these quantized (bits of each) ...
-KEPT_BITS = {2: 4, 3: 4, 8: 8}  # Q4_0, Q4_1, Q8_0
-# ... and dequantizes these to fp16; load_gguf turns them into MLX quantized layers of these
-# bits (see above). Other types (Q5_0, Q5_K, Q3_K, IQ*) mx.load rejects, and Q2_K / BF16
-# would stay fp16: such files are refused.
-GGML_Q4_K = 12
-GGML_Q6_K = 14
-REQUANTIZED_BITS = {GGML_Q4_K: 4, GGML_Q6_K: 8}
 _Q4_K_BLOCK_BYTES = 144  # 256 values: fp16 d and dmin, 12 bytes of scales, 128 of nibbles
-_TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 8: "Q8_0", 12: "Q4_K", 14: "Q6_K"}
 
 _TOP_LEVEL_NAMES = {
     "token_embd": "model.embed_tokens",
@@ -84,12 +79,10 @@ def load_gguf(
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"GGUF model file not found: {path}")
-    from rag.models.spec import read_gguf_layout
-
     metadata, layout = read_gguf_layout(path)
     header = [(t.name, t.ggml_type, math.prod(t.shape)) for t in layout]
     # Refuse before mx.load spends seconds reading a file it would reject anyway.
-    config = _config_from_metadata(metadata, path)
+    config = config_from_metadata(metadata, path)
     check_tensor_types(header, path)
 
     import mlx.core as mx
@@ -156,8 +149,6 @@ def load_gguf(
         ) from e
 
     if tune:
-        from rag.llm.cputune import tune_model
-
         # GGUF norms are F32, so activations are fp32 already and every quantized matmul
         # would convert the fp16 scales and biases to match: fp32 ones save that and rule
         # out fp16 activations, over 20x slower on CPU.
@@ -242,31 +233,6 @@ def _q6_k_affine(path: Path, tensor: GgufTensor, bits: int) -> tuple[Any, Any, A
     return tuple(mx.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
 
-def check_tensor_types(tensors: list[tuple[str, int, int]], path: Path) -> None:
-    """Refuse a file with tensors MLX would reject or hold dequantized (Q5_K, Q3_K, BF16...)."""
-    loadable = {GGML_F32, GGML_F16, *KEPT_BITS, *REQUANTIZED_BITS}
-    others = Counter(kind for _, kind, _ in tensors if kind not in loadable)
-    if others:
-        from gguf import GGMLQuantizationType
-
-        names = {t.value: t.name for t in GGMLQuantizationType}
-        found = ", ".join(f"{names.get(kind, kind)} ({n} tensors)" for kind, n in others.items())
-        raise ModelLoadError(
-            f"{path.name} holds tensors quantized as {found}, which MLX cannot load; use a "
-            f"GGUF quantized with {', '.join(sorted(set(_TYPE_NAMES.values())))} (e.g. Q4_K_M, "
-            "Q4_0, Q8_0), or an MLX model directory"
-        )
-
-
-def gguf_context_tokens(metadata: dict[str, Any], path: Path) -> int:
-    """The model's trained context from a GGUF header, whatever its architecture."""
-    architecture = metadata.get("general.architecture")
-    context = metadata.get(f"{architecture}.context_length")
-    if not isinstance(context, int) or context <= 0:
-        raise ModelLoadError(f"{path.name} does not say its context length")
-    return context
-
-
 def _quantization_config(layer_bits: dict[str, int]) -> dict[str, Any] | None:
     if not layer_bits:
         return None
@@ -276,53 +242,6 @@ def _quantization_config(layer_bits: dict[str, int]) -> dict[str, Any] | None:
         if bits != bulk_bits:
             quantization[layer] = {"group_size": GROUP_SIZE, "bits": bits}
     return quantization
-
-
-def _config_from_metadata(metadata: dict[str, Any], path: Path) -> dict[str, Any]:
-    """mlx_lm model arguments from a GGUF header (read_gguf_header's metadata)."""
-    architecture = metadata.get("general.architecture")
-    if architecture not in ARCHITECTURES:
-        raise ModelLoadError(
-            f"{path.name} is a {architecture!r} model; the GGUF architectures MLX loads here "
-            f"are {', '.join(ARCHITECTURES)} (give an MLX model directory for others)"
-        )
-
-    def value(key: str, default: Any = None) -> Any:
-        item = metadata.get(f"{architecture}.{key}", default)
-        if item is None:
-            raise ModelLoadError(f"{path.name} lacks the GGUF metadata key {architecture}.{key}")
-        return item
-
-    scaling = value("rope.scaling.type", "none")
-    if scaling not in ("none", "linear"):
-        raise ModelLoadError(f"{path.name} uses rope scaling {scaling!r}, which is unsupported")
-    hidden_size = value("embedding_length")
-    num_heads = value("attention.head_count")
-    tokens = metadata.get("tokenizer.ggml.tokens")
-    if tokens is None:
-        raise ModelLoadError(f"{path.name} carries no tokenizer")
-    return {
-        "model_type": architecture,
-        "hidden_size": hidden_size,
-        "num_hidden_layers": value("block_count"),
-        "intermediate_size": value("feed_forward_length"),
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": value("attention.head_count_kv", num_heads),
-        "head_dim": value("attention.key_length", hidden_size // num_heads),
-        "rms_norm_eps": value("attention.layer_norm_rms_epsilon"),
-        "rope_theta": value("rope.freq_base", 10000.0),
-        # GGUF llama files store the Q/K rows permuted for llama.cpp's adjacent-pair rotary
-        # layout, which is what mlx's "traditional" RoPE computes; qwen2 files are not
-        # permuted (llama.cpp runs them with the split-half "NeoX" rotation).
-        "rope_traditional": architecture == "llama",
-        "rope_scaling": (
-            {"type": "linear", "factor": value("rope.scaling.factor")}
-            if scaling == "linear"
-            else None
-        ),
-        "max_position_embeddings": value("context_length"),
-        "vocab_size": len(tokens),
-    }
 
 
 def _mlx_name(gguf_name: str) -> str:

@@ -36,7 +36,10 @@ from typing import Any
 from rag.config import LlmSettings
 from rag.errors import EngineError, ModelLoadError
 from rag.llm.base import Cancelled, TextStream, end_of_turn_token, parse_stop
+from rag.llm.gguf import load_gguf_tokenizer
 from rag.llm.local import LocalEngine, ThreadTokens
+from rag.models.gguffile import read_gguf_header
+from rag.models.packaged import model_name, model_path
 
 # Tokens llama.cpp may take in one decode call (its n_batch and n_ubatch).
 BATCH_TOKENS = 512
@@ -290,8 +293,6 @@ def gguf_tokenizer(path: Path) -> tuple[Any, int]:
     From the header alone, for any architecture llama.cpp runs (the tensors are its own
     business): the context is `<general.architecture>.context_length`.
     """
-    from rag.llm.gguf import load_gguf_tokenizer
-    from rag.models.spec import read_gguf_header
 
     metadata = read_gguf_header(path)[0]
     architecture = metadata.get("general.architecture", "llama")
@@ -308,7 +309,6 @@ def load_llamacpp_engine(
     settings: LlmSettings, *, context_tokens: int | None = None, reason: str = ""
 ) -> LlamaCppEngine:
     """llm.model (a GGUF file) on llama.cpp, with an n_ctx of `context_tokens` (the plan's)."""
-    from rag.models.packaged import model_name, model_path
 
     path = model_path(settings.model, settings.cache_path)
     if path.suffix != ".gguf":

@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.config import LlmSettings
+from rag.llm.llamacpp import load_llamacpp_engine
+from rag.llm.mlx import load_mlx_engine, mlx_backend
+from rag.llm.remote import load_remote_engine
+from rag.models.packaged import packaged_model
 
 if TYPE_CHECKING:
     from rag.llm.base import Engine
@@ -59,7 +63,6 @@ def choose_engine(settings: LlmSettings) -> EngineChoice:
         return EngineChoice("openai", settings.base_url, 'llm.engine = "openai"')
     if settings.engine == "llamacpp":
         return EngineChoice("llamacpp", "cpu", 'llm.engine = "llamacpp"')
-    from rag.llm.mlx import mlx_backend
 
     gpu = mlx_backend()
     if settings.engine == "mlx":
@@ -95,20 +98,14 @@ def load_engine(
     """
     choice = choice or choose_engine(settings)
     if choice.kind == "openai":
-        from rag.llm.remote import load_remote_engine
-
         return load_remote_engine(settings)
     if choice.kind == "llamacpp":
-        from rag.llm.llamacpp import load_llamacpp_engine
-
         return load_llamacpp_engine(settings, context_tokens=context_tokens, reason=choice.reason)
-    from rag.llm.mlx import load_mlx_engine
 
     return load_mlx_engine(settings, tune=tune, reason=choice.reason)
 
 
 def _gguf(model: str) -> bool:
-    from rag.models.packaged import packaged_model
 
     # Every packaged model is a GGUF ("auto" picks among them, and cached hub ids only where
     # MLX has a GPU); asking for a packaged model's path would join its parts.

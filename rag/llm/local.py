@@ -23,7 +23,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rag.llm.base import (
     MAX_CACHED_PREFIXES,
@@ -37,10 +37,8 @@ from rag.llm.base import (
     check_request,
     render_chat,
 )
+from rag.llm.batching import Batcher
 from rag.records import Delta
-
-if TYPE_CHECKING:
-    from rag.llm.batching import Batcher
 
 
 class LocalEngine(ABC):
@@ -48,6 +46,10 @@ class LocalEngine(ABC):
 
     kind = ""
     backend = "cpu"
+    # What the batcher reads to batch (rag.llm.batching.BatchingEngine): set by the engines
+    # whose `can_batch()` is true (MLX).
+    model: Any = None
+    prefill_step_tokens = 0
 
     def __init__(
         self,
@@ -258,8 +260,6 @@ class LocalEngine(ABC):
         `idle` wraps each wait of a request thread for its tokens (the web service releases
         its model lock there, so other requests can embed and tokenize meanwhile).
         """
-        from rag.llm.batching import Batcher
-
         if self._batcher is not None:
             raise RuntimeError("batching already started")
         self._batcher = Batcher(self, concurrency, idle)

@@ -32,6 +32,9 @@ from typing import TYPE_CHECKING, Any
 from rag.config import LlmSettings
 from rag.errors import ModelLoadError
 from rag.llm.base import Cancelled, end_of_turn_token, parse_stop
+from rag.llm.cputune import tune_model
+from rag.llm.gguf import load_gguf
+from rag.llm.kvcache import clone_cache, snapshot_cache
 from rag.llm.local import LocalEngine, ThreadTokens
 from rag.models.packaged import model_name, model_path
 from rag.models.planner import PREFILL_STEP_TOKENS
@@ -191,42 +194,6 @@ class LocalTokens(ThreadTokens):
                 self.peak_memory_bytes = max(self.peak_memory_bytes, mx.get_peak_memory())
 
 
-def snapshot_cache(cache: list[Any]) -> list[Any]:
-    """Compact, evaluated copies of a KV cache's used part, safe to share between requests."""
-    import mlx.core as mx
-    from mlx_lm.models.cache import KVCache
-
-    copies = []
-    for layer in cache:
-        if type(layer) is not KVCache:  # e.g. a sliding-window layer: never shared
-            raise TypeError(f"cannot share a {type(layer).__name__}")
-        copy = KVCache()
-        copy.keys = mx.contiguous(layer.keys[..., : layer.offset, :])
-        copy.values = mx.contiguous(layer.values[..., : layer.offset, :])
-        copy.offset = layer.offset
-        copies.append(copy)
-    mx.eval([c.state for c in copies])
-    return copies
-
-
-def clone_cache(stored: list[Any]) -> list[Any]:
-    """A request's own KVCache objects over the stored arrays.
-
-    The buffers are shared, never written: a KVCache holding exactly `offset` tokens grows
-    into a new buffer on its first update, and the batch merge only reads them.
-    """
-    import mlx.core as mx
-    from mlx_lm.models.cache import KVCache
-
-    clones = []
-    for layer in stored:
-        clone = KVCache()
-        clone.keys, clone.values = mx.array(layer.keys), mx.array(layer.values)
-        clone.offset = layer.offset
-        clones.append(clone)
-    return clones
-
-
 def load_mlx_engine(settings: LlmSettings, *, tune: bool = True, reason: str = "") -> MlxEngine:
     """llm.model on MLX: the bundled GGUF, a .gguf file, an MLX dir or a cached hub id.
 
@@ -241,8 +208,6 @@ def load_mlx_engine(settings: LlmSettings, *, tune: bool = True, reason: str = "
         "reason": reason,
     }
     if path.suffix == ".gguf":
-        from rag.llm.gguf import load_gguf
-
         model, tokenizer, config = load_gguf(path, tune=tune, cpu_threads=settings.cpu_threads)
         max_context = int(config["max_position_embeddings"])
         return MlxEngine(model_name(spec), model, tokenizer, max_context, **options)
@@ -265,8 +230,6 @@ def _load_mlx(
             "or a hub id that is already in the local Hugging Face cache"
         ) from e
     if tune:
-        from rag.llm.cputune import tune_model
-
         tune_model(model, cpu_threads or None)
     max_context = int(config.get("max_position_embeddings") or config.get("max_seq_len") or 4096)
     return model, tokenizer, max_context

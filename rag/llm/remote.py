@@ -37,6 +37,9 @@ from rag.llm.base import (
     parse_stop,
     render_chat,
 )
+from rag.llm.gguf import load_gguf_tokenizer
+from rag.models.catalog import read_model_spec
+from rag.models.gguffile import gguf_context_tokens, read_gguf_header
 from rag.models.packaged import model_path
 from rag.records import Delta
 
@@ -371,8 +374,6 @@ def load_tokenizer(
                         "model's config.json (max_position_embeddings) next to the tokenizer"
                     )
             else:
-                from rag.models.catalog import read_model_spec
-
                 context = read_model_spec(model).max_context_tokens
     except (OSError, ValueError, KeyError, ImportError) as e:
         raise ModelLoadError(f"cannot load the tokenizer of llm.model = {model!r}: {e}") from e
@@ -382,8 +383,6 @@ def load_tokenizer(
 
 
 def _gguf_tokenizer(path: Path) -> tuple[PreTrainedTokenizerBase, int]:
-    from rag.llm.gguf import gguf_context_tokens, load_gguf_tokenizer
-    from rag.models.spec import read_gguf_header
 
     metadata = read_gguf_header(path)[0]
     context = gguf_context_tokens(metadata, path)

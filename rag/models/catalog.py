@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rag.errors import ModelLoadError
+from rag.models.packaged import model_path, packaged_model
 from rag.models.spec import ModelSpec, read_gguf_spec, read_mlx_spec
 
 # mlx-community/<name>-4bit: (name, params in billions, layers, hidden size, MLP width,
@@ -97,7 +98,6 @@ def read_model_spec(model: str) -> ModelSpec:
     parts; a hub id from the local Hugging Face cache when it is there, else from the
     catalog. Nothing is downloaded.
     """
-    from rag.models.packaged import model_path, packaged_model
 
     packaged = packaged_model(model)
     if packaged is not None:

@@ -216,19 +216,8 @@ def apple_gpu_flops_per_s(chip: str) -> float | None:
 
 
 def _chip_name() -> str:
-    if platform.system() == "Darwin":
-        try:
-            done = subprocess.run(
-                ["sysctl", "-n", "machdep.cpu.brand_string"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=True,
-            )
-            if done.stdout.strip():
-                return done.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
+    if platform.system() == "Darwin" and (brand := sysctl("machdep.cpu.brand_string")):
+        return brand
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -243,7 +232,44 @@ def _physical_memory_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         # macOS Pythons without SC_PHYS_PAGES: ask the kernel directly.
+        return int(sysctl("hw.memsize") or 0)
+
+
+def read_memory_bytes() -> tuple[int, int, int]:
+    """(total, available, swap in use) in bytes, from /proc/meminfo or macOS's sysctl."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        kib = {}
+        for line in meminfo.read_text().splitlines():
+            key, _, rest = line.partition(":")
+            kib[key] = int(rest.split()[0]) if rest.split() else 0
+        swap = kib.get("SwapTotal", 0) - kib.get("SwapFree", 0)
+        return kib["MemTotal"] * 1024, kib.get("MemAvailable", 0) * 1024, swap * 1024
+    total = int(sysctl("hw.memsize") or 0)
+    # kern.memorystatus_level is the percentage of memory macOS considers free.
+    level = int(sysctl("kern.memorystatus_level") or 0)
+    return total, total * level // 100, _macos_swap_used_bytes()
+
+
+def sysctl(key: str) -> str:
+    """A macOS kernel value (`sysctl -n KEY`), or "" where there is none."""
+    try:
         done = subprocess.run(
-            ["sysctl", "-n", "hw.memsize"], capture_output=True, text=True, timeout=5
+            ["sysctl", "-n", key], capture_output=True, text=True, timeout=5, check=False
         )
-        return int(done.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip()
+
+
+def _macos_swap_used_bytes() -> int:
+    # "total = 2048.00M  used = 1024.25M  free = 1023.75M  (encrypted)"
+    fields = sysctl("vm.swapusage").split()
+    if "used" not in fields:
+        return 0
+    value = fields[fields.index("used") + 2]
+    scale = {"K": 1024, "M": 1024**2, "G": GIB}.get(value[-1:], 1)
+    try:
+        return int(float(value.rstrip("KMG")) * scale)
+    except ValueError:
+        return 0

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from rag.config import LlmSettings
 from rag.errors import ModelLoadError
 
 _CHUNK_BYTES = 8 << 20
@@ -229,8 +230,6 @@ def _exclusive(lock_file: Path) -> Iterator[None]:
 def cache_path(cache_dir: Path | str | None = None) -> Path:
     """`cache_dir`, or llm.cache_dir's default where the caller has no settings."""
     if cache_dir is None:
-        from rag.config import LlmSettings
-
         return LlmSettings().cache_path
     return Path(cache_dir).expanduser()
 

@@ -10,10 +10,21 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from rag.config import EmbeddingSettings
+from rag.embed.embedder import resolve_model_path
 from rag.errors import ModelLoadError
+from rag.models.gguffile import (
+    GGML_F32,
+    GROUP_SIZE,
+    KEPT_BITS,
+    REQUANTIZED_BITS,
+    check_tensor_types,
+    config_from_metadata,
+    gguf_tensor_bytes,
+    read_gguf_header,
+)
 
 
 @dataclass(frozen=True)
@@ -171,18 +182,8 @@ def read_gguf_spec(path: Path, name: str | None = None) -> ModelSpec:
     """
     if not path.is_file():
         raise ModelLoadError(f"GGUF model file not found: {path}")
-    # The loader's own rules, so planning refuses exactly the files loading would.
-    from rag.llm.gguf import (
-        GGML_F32,
-        GROUP_SIZE,
-        KEPT_BITS,
-        REQUANTIZED_BITS,
-        _config_from_metadata,
-        check_tensor_types,
-    )
-
     metadata, tensors = read_gguf_header(path)
-    config = _config_from_metadata(metadata, path)
+    config = config_from_metadata(metadata, path)
     check_tensor_types(tensors, path)
     quantized: Counter[int] = Counter()
     dense_params = dense_bytes = 0
@@ -216,68 +217,8 @@ def read_gguf_spec(path: Path, name: str | None = None) -> ModelSpec:
     )
 
 
-def gguf_tensor_bytes(ggml_type: int, count: int) -> int:
-    """Bytes a GGUF tensor of `count` values takes as stored (its type's blocks)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    try:
-        block_values, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
-    except (ValueError, KeyError) as e:
-        raise ModelLoadError(f"unknown GGML tensor type {ggml_type}") from e
-    return count // block_values * block_bytes
-
-
-def read_gguf_header(path: Path) -> tuple[dict[str, Any], list[tuple[str, int, int]]]:
-    """(metadata, [(tensor name, GGML type, elements)]) from a GGUF (v2+) file's header.
-
-    Arrays come back as range(length): their items (a tokenizer's vocabulary and merges,
-    ~100K strings) are skipped, not decoded, which is what makes gguf.GGUFReader take
-    seconds on a file whose header is a few megabytes.
-    """
-    metadata, tensors = read_gguf_layout(path)
-    return metadata, [(t.name, t.ggml_type, math.prod(t.shape)) for t in tensors]
-
-
-@dataclass(frozen=True)
-class GgufTensor:
-    name: str
-    ggml_type: int
-    shape: tuple[int, ...]  # GGUF order: the fastest-varying dimension first
-    offset: int  # of its data, from the start of the file
-
-
-def read_gguf_layout(path: Path) -> tuple[dict[str, Any], list[GgufTensor]]:
-    """read_gguf_header's metadata, with each tensor's shape and where its data lies."""
-    try:
-        with path.open("rb") as f:
-            if f.read(4) != b"GGUF":
-                raise ModelLoadError(f"{path.name} is not a GGUF file")
-            version, tensor_count, kv_count = struct.unpack("<IQQ", f.read(20))
-            if version < 2:
-                raise ModelLoadError(f"{path.name} is GGUF version {version}; use version 2+")
-            metadata = {}
-            for _ in range(kv_count):
-                key = _gguf_string(f)
-                (kind,) = struct.unpack("<I", f.read(4))
-                metadata[key] = _gguf_value(f, kind)
-            entries = []
-            for _ in range(tensor_count):
-                name = _gguf_string(f)
-                (dims,) = struct.unpack("<I", f.read(4))
-                shape = struct.unpack(f"<{dims}Q", f.read(8 * dims))
-                ggml_type, offset = struct.unpack("<IQ", f.read(12))
-                entries.append((name, ggml_type, shape, offset))
-            alignment = int(metadata.get("general.alignment", 32))
-            data_start = -(-f.tell() // alignment) * alignment
-    except (OSError, struct.error, UnicodeDecodeError, KeyError) as e:
-        raise ModelLoadError(f"cannot read the GGUF header of {path.name}: {e}") from e
-    tensors = [GgufTensor(n, kind, shape, data_start + off) for n, kind, shape, off in entries]
-    return metadata, tensors
-
-
 def embedder_weights_bytes(settings: EmbeddingSettings) -> int:
     """Bytes of the embedding model's weight files, which it holds in memory as stored."""
-    from rag.embed.embedder import resolve_model_path
 
     _, directory = resolve_model_path(settings)
     files = list(directory.glob("*.safetensors")) or list(directory.glob("*.bin"))
@@ -329,49 +270,3 @@ def _sliding_layers(config: dict[str, Any], layers: int) -> tuple[int, int]:
         pattern = int(config.get("sliding_window_pattern") or 6)
         return layers - layers // pattern, window
     return 0, 0
-
-
-# GGUF metadata value types: struct formats of the scalars; 8 is a string, 9 an array.
-_GGUF_SCALARS = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
-}
-_GGUF_STRING = 8
-_GGUF_ARRAY = 9
-
-
-def _gguf_string(f: BinaryIO) -> str:
-    (length,) = struct.unpack("<Q", f.read(8))
-    return f.read(length).decode("utf-8")
-
-
-def _gguf_value(f: BinaryIO, kind: int) -> Any:
-    if kind == _GGUF_STRING:
-        return _gguf_string(f)
-    if kind != _GGUF_ARRAY:
-        fmt = _GGUF_SCALARS[kind]
-        return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
-    item_kind, length = struct.unpack("<IQ", f.read(12))
-    if item_kind in _GGUF_SCALARS:
-        f.seek(length * struct.calcsize(_GGUF_SCALARS[item_kind]), 1)
-    else:
-        for _ in range(length):
-            _skip_gguf_value(f, item_kind)
-    return range(length)
-
-
-def _skip_gguf_value(f: BinaryIO, kind: int) -> None:
-    if kind == _GGUF_STRING:
-        (length,) = struct.unpack("<Q", f.read(8))
-        f.seek(length, 1)
-    else:
-        _gguf_value(f, kind)

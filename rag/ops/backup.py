@@ -41,8 +41,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rag.accounts.apikeys import KEYS_FILE
 from rag.errors import NotFoundError, RagError, StoreError, UsageError
-from rag.index.location import DB_DIR, IndexLocation, local_location
+from rag.index.location import DB_DIR, IndexLocation, local_location, store_error
+from rag.index.store import FTS_INDEX, POINTER_FILE, VECTOR_INDEX, open_store
+from rag.index.writelock import write_lock
 
 FORMAT = 1
 MANIFEST = "backup.json"
@@ -63,7 +66,6 @@ def create_backup(
     location: IndexLocation | None = None,
 ) -> dict[str, Any]:
     """Back up the index (under `data_path`, or at `location`) and its settings into `dest`."""
-    from rag.accounts.apikeys import KEYS_FILE
 
     started = time.monotonic()
     dest = dest.expanduser().absolute()
@@ -128,8 +130,6 @@ def _copy_index(source: Path, location: IndexLocation, out: Path) -> dict[str, A
     import lancedb
     import pyarrow.compute as pc
 
-    from rag.index.store import POINTER_FILE, VECTOR_INDEX, open_store
-
     name = open_store(source, None, 0, location=location).active_table_name()
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -149,8 +149,6 @@ def _copy_index(source: Path, location: IndexLocation, out: Path) -> dict[str, A
         table = db.open_table(name)
     except (FileNotFoundError, ValueError) as e:
         if location.remote and "was not found" not in str(e):
-            from rag.index.location import store_error
-
             raise store_error(e, location, "reading the index for the backup") from e
         return manifest  # nothing ingested yet: keys and config only
     version = int(table.version)
@@ -205,7 +203,6 @@ def restore_backup(
     src: Path, data_path: Path, force: bool, lock_wait_s: float, on_wait: Callable[[str], None]
 ) -> dict[str, Any]:
     """Replace the data dir with the backup's, all at once; refuse to overwrite without force."""
-    from rag.index.writelock import write_lock
 
     src = src.expanduser().absolute()
     target = data_path.expanduser().absolute()
@@ -252,8 +249,6 @@ def _verify(data: Path, manifest: dict[str, Any]) -> None:
     """Raise StoreError unless the data dir holds what the manifest says, readable."""
     import lancedb
     import pyarrow.compute as pc
-
-    from rag.index.store import FTS_INDEX, POINTER_FILE
 
     name = manifest.get("table")
     rows = manifest.get("rows")

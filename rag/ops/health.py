@@ -11,25 +11,28 @@ from pathlib import Path
 from typing import Any
 
 from rag.config import Settings
-from rag.ops.doctor import FAIL, MAX_FRAGMENTS, MAX_VERSIONS, OK, WARN, Check
+from rag.errors import StoreError
+from rag.index.location import index_location, store_error
+from rag.index.schema import REQUIRED_COLUMNS
+from rag.index.store import FTS_INDEX, open_index
+from rag.ops.check import FAIL, OK, WARN, Check
+from rag.ops.modelchecks import configured_embedding
 
+# Beyond these the index is due for `optimize`: each version and fragment costs a file read.
+MAX_VERSIONS = 100
+MAX_FRAGMENTS = 64
 REEMBED_FIX = "set embedding.model back, or run `rag ingest --reembed` to rebuild the index"
 REINGEST_FIX = "run `rag ingest` on your documents again: it brings the index up to date"
 
 
 def inspect_index(settings: Settings, configured: tuple[str, int]) -> list[Check]:
     """Checks of the active table; `configured` is the (model, dim) the config embeds with."""
-    from rag.index.location import index_location
 
     location = index_location(settings.storage)
     where = location.describe()
     if not location.remote and not Path(location.uri).is_dir():
         return [Check("index", OK, f"no index yet at {where}; `rag ingest PATH` builds it")]
     import lancedb
-
-    from rag.errors import StoreError
-    from rag.index.schema import REQUIRED_COLUMNS
-    from rag.index.store import open_index
 
     try:
         name = open_index(settings.storage, None, 0).active_table_name()
@@ -39,8 +42,6 @@ def inspect_index(settings: Settings, configured: tuple[str, int]) -> list[Check
         return [Check("index", FAIL, e.message, "fix the [storage] settings or the environment")]
     except (OSError, RuntimeError, ValueError) as e:
         if "was not found" not in str(e):
-            from rag.index.location import store_error
-
             problem = store_error(e, location, "opening the index").message
             return [Check("index", FAIL, problem, "fix the [storage] settings or the environment")]
         return [Check("index", OK, f"no index table yet at {where}")]
@@ -105,7 +106,6 @@ def _check_size(table: Any, name: str) -> Check:
 
 
 def _check_full_text(table: Any) -> Check:
-    from rag.index.store import FTS_INDEX
 
     rows = int(table.count_rows())
     if rows == 0:
@@ -127,3 +127,8 @@ def _check_full_text(table: Any) -> Check:
             REINGEST_FIX,
         )
     return Check("full-text index", OK, f"all {rows:,} rows indexed")
+
+
+def check_index(settings: Settings) -> list[Check]:
+    """The index checks against the embedding model the config names."""
+    return inspect_index(settings, configured_embedding(settings.embedding))

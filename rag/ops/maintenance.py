@@ -31,6 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from rag.config import Settings
 from rag.errors import StoreError
+from rag.index.location import store_error
+from rag.index.schema import chunk_schema
+from rag.index.store import open_index
 
 if TYPE_CHECKING:
     from rag.index.store import Store
@@ -99,7 +102,6 @@ def run_maintenance(
     settings: Settings, force: bool = False, on_wait: Callable[[str], None] | None = None
 ) -> MaintenanceReport:
     """Run the pass when it is due (or `force`); report what it reclaimed."""
-    from rag.index.store import open_index
 
     data_path = settings.storage.data_path
     keep_s = settings.storage.keep_versions_s
@@ -152,7 +154,6 @@ def _rewrite(store: Store) -> None:
     rows is the one way, with the LanceDB API, to leave them out; the old table is dropped
     whole, with its indexes. The active table serves until the new one is complete.
     """
-    from rag.index.schema import chunk_schema
 
     stored = store.stored_model()
     if stored is None:
@@ -222,8 +223,6 @@ def _index_bytes(store: Store) -> int:
         for page in pages.paginate(Bucket=location.bucket, Prefix=location.key("")):
             total += sum(int(item["Size"]) for item in page.get("Contents", []))
     except Exception as e:
-        from rag.index.location import store_error
-
         raise store_error(e, location, "measuring the index") from e
     return total
 

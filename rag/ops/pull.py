@@ -23,8 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rag.config import Settings
-from rag.errors import ModelLoadError, UsageError
+from rag.config import USER_CONFIG_PATH, Settings, config_file
+from rag.errors import ModelLoadError, RagError, UsageError
+from rag.llm.choice import choose_model_spec, plan_candidates
+from rag.llm.load import choose_engine
+from rag.llm.probe import speed_for
+from rag.models.catalog import CATALOG, catalog_spec
+from rag.models.hardware import resolve_hardware
+from rag.models.spec import embedder_weights_bytes
 
 # Catalog MLX repo -> the publisher's own GGUF repo and its single-file Q4_K_M, for
 # machines where llama.cpp runs the model. Only repos whose file names we know for sure.
@@ -83,7 +89,6 @@ class Pulled:
 
 def wants_gguf(settings: Settings) -> bool:
     """Whether this machine's engine runs GGUF files (llama.cpp, MLX's CPU) rather than MLX."""
-    from rag.llm.load import choose_engine
 
     if settings.llm.engine == "openai":
         raise UsageError('llm.engine = "openai": the model runs elsewhere; nothing to pull')
@@ -93,7 +98,6 @@ def wants_gguf(settings: Settings) -> bool:
 
 def choose_target(name: str, settings: Settings) -> Target:
     """What `rag models pull NAME` fetches: `auto`, a catalog name or any hub repo id."""
-    from rag.models.catalog import CATALOG, catalog_spec
 
     gguf = wants_gguf(settings)
     if name == "auto":
@@ -118,11 +122,6 @@ def choose_target(name: str, settings: Settings) -> Target:
 
 
 def _auto_choice(settings: Settings, candidates: list[tuple[str, Any]]) -> tuple[str, str]:
-    from rag.errors import RagError
-    from rag.models.choice import choose_model_spec, plan_candidates
-    from rag.models.hardware import resolve_hardware
-    from rag.models.spec import embedder_weights_bytes
-    from rag.models.speed import speed_for
 
     hardware = resolve_hardware(settings.hardware)
     try:
@@ -333,8 +332,6 @@ def set_config_model(model: str, path: Path | None = None) -> Path:
     import json
     import re
     import tomllib
-
-    from rag.config import USER_CONFIG_PATH, config_file
 
     path = path or config_file() or USER_CONFIG_PATH.expanduser()
     before = path.read_text() if path.is_file() else ""

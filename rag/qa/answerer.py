@@ -7,10 +7,15 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from rag.config import RetrievalSettings, Settings
-from rag.embed.embedder import Embedder
+from rag.embed.embedder import Embedder, load_embedder
 from rag.errors import UsageError
-from rag.index.store import Store
+from rag.index.store import Store, open_index
 from rag.llm.base import Engine, Generation
+from rag.llm.choice import resolve_model, with_model
+from rag.llm.load import choose_engine, load_engine
+from rag.llm.sizing import plan_configured
+from rag.models.hardware import resolve_hardware
+from rag.models.planner import require_fit
 from rag.qa.citations import MarkerFilter, citations_for, clean_markers
 from rag.qa.conversation import llm_rewrite, rule_rewrite
 from rag.qa.packing import Packing, merge_adjacent, pack
@@ -249,13 +254,6 @@ def load_answerer(settings: Settings, read_consistency_s: float | None = None) -
     llm.engine = "openai" the weights live on the server: the context is what the server
     and the model allow, and no memory is planned here.
     """
-    from rag.embed.embedder import load_embedder
-    from rag.index.store import open_index
-    from rag.llm.load import choose_engine, load_engine
-    from rag.models.choice import resolve_model, with_model
-    from rag.models.hardware import resolve_hardware
-    from rag.models.planner import require_fit
-    from rag.models.sizing import plan_configured
 
     # llm.model = "auto": the largest installed model that fits and is fast enough here.
     settings = with_model(settings, resolve_model(settings))

@@ -24,6 +24,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from rag.llm.base import Generation
 from rag.qa.prompts import Message
 
 if TYPE_CHECKING:
@@ -99,7 +100,6 @@ def llm_rewrite(engine: Engine, question: str, history: Sequence[Message]) -> st
     ids = engine.encode_chat(
         [{"role": "system", "content": REWRITE_SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
     )
-    from rag.llm.base import Generation
 
     text = ""
     for item in engine.stream(ids, max_tokens=32, context_tokens=len(ids) + 32):

@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from rag.config import Settings
-from rag.models.hardware import Hardware
+from rag.errors import InsufficientMemoryError, RagError
+from rag.llm.probe import speed_for
+from rag.models.catalog import cached_hub_ids, read_model_spec
+from rag.models.hardware import Hardware, resolve_hardware
+from rag.models.packaged import installed_models
 from rag.models.planner import Plan, plan_served
-from rag.models.spec import ModelSpec
+from rag.models.spec import ModelSpec, embedder_weights_bytes
 from rag.models.speed import MachineSpeed
 
 AUTO = "auto"
@@ -124,9 +128,6 @@ def plan_candidates(
 
 def installed_candidates() -> list[tuple[str, ModelSpec]]:
     """Models usable here without a download, as (llm.model value, spec)."""
-    from rag.errors import RagError
-    from rag.models.catalog import cached_hub_ids, read_model_spec
-    from rag.models.packaged import installed_models
 
     found = []
     packaged = [m.name for m in installed_models()]
@@ -144,8 +145,6 @@ def resolve_model(settings: Settings, hardware: Hardware | None = None) -> str:
         return settings.llm.model
     choice = choose_here(settings, hardware)
     if choice.model is None:
-        from rag.errors import InsufficientMemoryError
-
         reasons = "; ".join(f"{m}: {why}" for m, why in choice.rejected.items())
         raise InsufficientMemoryError(f'llm.model = "auto": {choice.reason} ({reasons})')
     return choice.model
@@ -155,10 +154,6 @@ def choose_here(
     settings: Settings, hardware: Hardware | None = None, speed: MachineSpeed | None = None
 ) -> Choice:
     """`auto`'s choice among the installed models on this (or the given) machine."""
-    from rag.errors import RagError
-    from rag.models.hardware import resolve_hardware
-    from rag.models.spec import embedder_weights_bytes
-    from rag.models.speed import speed_for
 
     hardware = hardware or resolve_hardware(settings.hardware)
     if speed is None:

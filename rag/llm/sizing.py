@@ -9,18 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from rag.accounts.usage import UsageLedger, recent_speeds
 from rag.config import Settings
 from rag.errors import RagError
-from rag.models.catalog import CATALOG, cached_hub_ids, read_model_spec
-from rag.models.choice import (
+from rag.llm.choice import (
     AUTO,
     Choice,
     choose_model_spec,
     installed_candidates,
     plan_candidates,
+    resolve_model,
     too_slow,
 )
+from rag.llm.probe import speed_for
+from rag.models.catalog import CATALOG, cached_hub_ids, read_model_spec
 from rag.models.hardware import GB, GIB, Hardware, resolve_hardware
 from rag.models.planner import (
     USEFUL_CONTEXT_TOKENS,
@@ -32,7 +33,7 @@ from rag.models.planner import (
     plan_served,
 )
 from rag.models.spec import embedder_weights_bytes
-from rag.models.speed import MachineSpeed, speed_for
+from rag.models.speed import MachineSpeed
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,6 @@ def plan_configured(
     """The configured LLM planned on `hardware`, from its metadata alone ("auto" resolved)."""
     model = settings.llm.model
     if model == AUTO:
-        from rag.models.choice import resolve_model
-
         model = resolve_model(settings, hardware)
     return plan_served(
         hardware,
@@ -127,9 +126,11 @@ def size_machine(
     chip: str | None = None,
     kv_bits: int | None = None,
     measure: bool = False,
+    measured: dict[str, dict[str, float]] | None = None,
 ) -> Sizing:
     """Plan the configured model, the installed ones and every catalog model on this (or a
-    simulated) machine, for memory and for speed."""
+    simulated) machine, for memory and for speed; `measured` holds the recent answers' speeds
+    per model (rag.accounts.usage.recent_speeds) to set against the predictions."""
     hardware = resolve_hardware(settings.hardware, memory_gb, chip)
     headroom = int(settings.hardware.os_headroom_gb * GIB)
     embedder = embedder_weights_bytes(settings.embedding)
@@ -183,7 +184,7 @@ def size_machine(
         targets=targets,
         auto=auto,
         installed=installed,
-        measured=recent_speeds(UsageLedger(settings.storage.data_path).read()),
+        measured=measured or {},
         fast_fit=best_fit(p for p in models if not too_slow(p, *targets)),
     )
 
