@@ -116,7 +116,7 @@ FAST_LLM_ENV = {"RAG_LLM_ANSWER_TOKENS": "24", "RAG_RETRIEVAL_K": "2"}
 def stored_state(data: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Every stored row of an index but the vector, sorted, and the vectors by chunk_id."""
     store = open_store(data, None, 0)
-    table = store._db.open_table(store.active_table_name())
+    table = store.tables.open(store.tables.active_name())
     stats = table.index_stats("text_idx")
     assert stats is not None and stats.num_unindexed_rows == 0, "full-text index is behind"
     rows = table.search().limit(None).to_arrow().to_pylist()

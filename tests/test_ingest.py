@@ -31,7 +31,7 @@ def _ingest(paths: list[Path], settings: Settings, embedder: Embedder, store: St
 
 
 def _rows(store: Store, version: int | None = None) -> list[dict[str, Any]]:
-    table = store._db.open_table(store.active_table_name())
+    table = store.tables.open(store.tables.active_name())
     if version is not None:
         table.checkout(version)
     columns = ["chunk_id", "doc_id", "collection", "text", "page", "heading", "text_hash"]
@@ -70,7 +70,7 @@ def test_samples_are_ingested_with_pages_headings_and_progress(
     assert hits[0].heading == "Kestrel Harbor Systems Employee Handbook > Vacation policy"
     # Every chunk carries its offsets into the document and a hash of its text.
     handbook = (docs / "handbook.md").read_text()
-    table = store._db.open_table(store.active_table_name())
+    table = store.tables.open(store.tables.active_name())
     for row in table.search().where("source LIKE '%handbook.md'").limit(None).to_list():
         assert handbook[row["char_start"] : row["char_end"]] == row["text"]
         assert len(row["text_hash"]) == 32
@@ -83,7 +83,7 @@ def test_rerun_creates_no_versions_and_keeps_full_text_search_current(
     first = _ingest([tmp_path / "docs"], settings, embedder, store)
     assert first.added == 6
     version = store.table_version()
-    table = store._db.open_table(store.active_table_name())
+    table = store.tables.open(store.tables.active_name())
     stats = table.index_stats("text_idx")
     assert stats.num_indexed_rows == first.chunks and stats.num_unindexed_rows == 0
     for _ in range(2):
@@ -213,13 +213,13 @@ def test_another_model_is_refused_until_reembed_rebuilds_the_index(
     other_store = open_store(settings.storage.data_path, other.name, other.dim)
     with pytest.raises(StoreError, match=r"embedding model all-MiniLM-L6-v2 .*--reembed"):
         _ingest([tmp_path / "docs"], settings, other, other_store)
-    old_table = other_store.active_table_name()
+    old_table = other_store.tables.active_name()
 
     rebuilt = reembed(other_store, other, settings.chunking)
     assert rebuilt == len(before)
     assert other_store.stored_model() == ("minilm-copy", 384)
-    assert other_store.active_table_name() != old_table
-    assert old_table not in other_store._table_names()
+    assert other_store.tables.active_name() != old_table
+    assert old_table not in other_store.tables.names()
     assert _rows(other_store) == before
     again = _ingest([tmp_path / "docs"], settings, other, other_store, collection="beta")
     assert (again.unchanged, again.chunks) == (3, 0)

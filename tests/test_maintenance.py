@@ -16,7 +16,8 @@ import pytest
 from ingest.run import run_ingest
 from rag.config import ChunkingSettings
 from rag.embed.embedder import Embedder
-from rag.index.store import FTS_INDEX, VECTOR_INDEX, open_store
+from rag.index.store import open_store
+from rag.index.upkeep import FTS_INDEX, VECTOR_INDEX
 from rag.index.writelock import write_lock
 
 from .conftest import RAG, SAMPLES, rag_env

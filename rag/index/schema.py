@@ -4,12 +4,14 @@ refuses a table built with another embedding model or by an older version of rag
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.errors import StoreError
-from rag.records import Chunk
+from rag.records import Chunk, Passage
 
 if TYPE_CHECKING:
     import numpy as np
@@ -109,3 +111,47 @@ def to_arrow(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     import pyarrow as pa
 
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+PASSAGE_COLUMNS = (
+    "chunk_id",
+    "source",
+    "page",
+    "heading",
+    "text",
+    "doc_id",
+    "chunk_index",
+    "char_start",
+    "char_end",
+)
+
+
+def to_passage(row: dict[str, Any], score: float) -> Passage:
+    return Passage(
+        chunk_id=row["chunk_id"],
+        source=row["source"],
+        page=row["page"],
+        heading=row["heading"] or "",
+        text=row["text"],
+        score=round(score, 4),
+        doc_id=row["doc_id"],
+        chunk_index=-1 if row["chunk_index"] is None else int(row["chunk_index"]),
+        char_start=-1 if row["char_start"] is None else int(row["char_start"]),
+        char_end=-1 if row["char_end"] is None else int(row["char_end"]),
+        chunk_ids=(row["chunk_id"],),
+    )
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a crash leaves either the old or the new content."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

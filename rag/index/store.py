@@ -15,12 +15,9 @@ active one and switches the `active-table` pointer file only when the new one is
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,28 +26,25 @@ from rag.errors import StoreError
 from rag.index.location import (
     IndexLocation,
     index_location,
-    local_location,
-    read_object,
-    s3_client,
-    store_error,
-    write_object,
 )
-from rag.index.schema import DocumentWrite, check_schema, chunk_rows, chunk_schema, to_arrow
+from rag.index.schema import (
+    PASSAGE_COLUMNS,
+    DocumentWrite,
+    check_schema,
+    chunk_rows,
+    chunk_schema,
+    to_arrow,
+    to_passage,
+)
+from rag.index.search import bm25_search, vector_search
+from rag.index.tables import TABLE, Tables, connect
+from rag.index.upkeep import compact_table, fill_table, refresh_indexes
 from rag.index.writelock import Hold, write_lock
-from rag.records import Chunk, Passage
+from rag.records import Passage
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
-
-TABLE = "chunks"
-POINTER_FILE = "active-table"
-FTS_INDEX = "text_idx"
-VECTOR_INDEX = "vector_idx"
-# HNSW candidates per query (LanceDB's default is 1.5 x limit). At 100k chunks 256 raised
-# recall@10 against exact search from 0.82 to 0.95 at the same ~8 ms (bench/retrieval.py);
-# without a vector index it has no effect.
-HNSW_EF = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,22 +67,19 @@ class Store:
 
     def __init__(
         self,
-        db: Any,
-        data_path: Path,
+        tables: Tables,
         embedding_model: str | None,
         dim: int,
         *,
         lock_wait_s: float = 600.0,
         keep_versions_s: float = 86400.0,
         read_consistency_s: float | None = None,
-        location: IndexLocation | None = None,
         lease_s: float = 30.0,
     ) -> None:
-        self._db = db
-        self.data_path = data_path
-        self.location = location or local_location(data_path)
+        self.tables = tables
+        self.data_path = tables.data_path
+        self.location = tables.location
         self.lease_s = lease_s
-        self._client: Any | None = None
         self.embedding_model = embedding_model
         self.dim = dim
         self.lock_wait_s = lock_wait_s
@@ -100,48 +91,18 @@ class Store:
 
     # -- tables ---------------------------------------------------------------------------
 
-    def active_table_name(self) -> str:
-        if self.location.remote:
-            text = read_object(self._s3(), self.location, POINTER_FILE)
-            return (text or b"").decode().strip() or TABLE
-        try:
-            return (self.data_path / POINTER_FILE).read_text().strip() or TABLE
-        except FileNotFoundError:
-            return TABLE
-        except OSError as e:
-            raise StoreError(f"cannot read {self.data_path / POINTER_FILE}: {e}") from e
-
-    def _s3(self) -> Any:
-        if self._client is None:
-            self._client = s3_client(self.location)
-        return self._client
-
-    def _set_pointer(self, name: str) -> None:
-        if self.location.remote:
-            write_object(self._s3(), self.location, POINTER_FILE, (name + "\n").encode())
-        else:
-            _replace_file(self.data_path / POINTER_FILE, name)
-
     def _table(self, create: bool = False, check: bool = True) -> Any | None:
         self._follow_pointer()
         if self._opened is None:
-            name = self.active_table_name()
-            try:
-                self._opened = self._db.open_table(name)
-            except (OSError, RuntimeError, ValueError) as e:
-                # Only LanceDB's "Table 'chunks' was not found" means there is no index yet;
-                # refused credentials or an unreachable store must not read as an empty one.
-                if "was not found" not in str(e):
-                    raise self._error(e, f"opening table {name}") from e
+            name = self.tables.active_name()
+            self._opened = self.tables.open(name)
+            if self._opened is None:
                 if not create:
                     return None
                 if self.embedding_model is None:
-                    raise StoreError("cannot create the index without an embedding model") from None
+                    raise StoreError("cannot create the index without an embedding model")
                 schema = chunk_schema(self.embedding_model, self.dim)
-                try:
-                    self._opened = self._db.create_table(name, schema=schema, exist_ok=True)
-                except (OSError, RuntimeError, ValueError) as e:
-                    raise self._error(e, f"creating table {name}") from e
+                self._opened = self.tables.create(name, schema, exist_ok=True)
             self._opened_name = name
         if check:
             self._check_model(self._opened.schema)
@@ -155,13 +116,8 @@ class Store:
         if now - self._pointer_checked < self._read_consistency_s:
             return
         self._pointer_checked = now
-        if self.active_table_name() != self._opened_name:
+        if self.tables.active_name() != self._opened_name:
             self._opened = None
-
-    def _error(self, e: BaseException, doing: str) -> StoreError:
-        if self.location.remote:
-            return store_error(e, self.location, doing)
-        return StoreError(f"{doing} at {self.location.uri}: {e}")
 
     def _check_model(self, schema: pa.Schema) -> None:
         check_schema(schema, self.embedding_model, self.dim)
@@ -236,7 +192,7 @@ class Store:
             .limit(None)
             .to_list()
         )
-        chunks = [_passage(r, 0.0) for r in rows]
+        chunks = [to_passage(r, 0.0) for r in rows]
         return sorted(chunks, key=lambda p: (p.doc_id, p.chunk_index))
 
     def collections(self) -> list[str]:
@@ -249,33 +205,14 @@ class Store:
 
     def search(self, collection: str, vector: np.ndarray, k: int) -> list[Passage]:
         """The k chunks nearest to `vector` by cosine similarity (the passage's score)."""
-        from lancedb.expr import col, lit
-
         table = self._table()
-        if table is None:
-            return []
-        rows = (
-            table.search(vector.tolist(), vector_column_name="vector")
-            # Without an explicit metric LanceDB uses l2 until a cosine index exists.
-            .distance_type("cosine")
-            .ef(HNSW_EF)
-            .where(col("collection") == lit(collection), prefilter=True)
-            .select([*PASSAGE_COLUMNS, "_distance"])
-            .limit(k)
-            .to_list()
-        )
-        return [_passage(r, 1.0 - float(r["_distance"])) for r in rows]
+        return [] if table is None else vector_search(table, collection, vector, k)
 
     def text_search(
         self, collection: str, query: str, k: int, vector: np.ndarray | None = None
     ) -> list[Passage]:
-        """The k chunks that best match `query` by full-text search (BM25), best first.
-
-        The query is a match query object, never parsed as query syntax, so quotes,
-        operators and field names in user text are plain words; the collection filter is an
-        expression object. With `vector` each passage's score is its cosine similarity to it
-        (as in `search`), else its BM25 score.
-        """
+        """The k chunks that best match `query` by full-text search (BM25), best first; with
+        `vector` each passage's score is its cosine similarity to it, else its BM25 score."""
         return [p for p, _ in self.keyword_search(collection, query, k, vector)]
 
     def keyword_search(
@@ -283,31 +220,8 @@ class Store:
     ) -> list[tuple[Passage, float]]:
         """`text_search` with each passage's BM25 score beside it (score-aware fusion
         weighs both)."""
-        from lancedb.expr import col, lit
-        from lancedb.query import MatchQuery
-
         table = self._table()
-        if table is None or not query.strip():
-            return []
-        columns = [*PASSAGE_COLUMNS, "_score", *(["vector"] if vector is not None else [])]
-        try:
-            rows = (
-                table.search(MatchQuery(query, "text"), query_type="fts")
-                .where(col("collection") == lit(collection), prefilter=True)
-                .select(columns)
-                .limit(k)
-                .to_list()
-            )
-        except (OSError, RuntimeError, ValueError) as e:
-            raise StoreError(f"full-text search failed: {e}") from e
-        if vector is None or not rows:
-            return [(_passage(r, float(r["_score"])), float(r["_score"])) for r in rows]
-        import numpy as np
-
-        sims = np.asarray([r["vector"] for r in rows], dtype=np.float32) @ vector.astype(np.float32)
-        return [
-            (_passage(r, float(sim)), float(r["_score"])) for r, sim in zip(rows, sims, strict=True)
-        ]
+        return [] if table is None else bm25_search(table, collection, query, k, vector)
 
     def row_count(self) -> int:
         """Chunks in the active table, all collections, whatever model built it."""
@@ -368,20 +282,6 @@ class Store:
                 names = ", ".join(c.source for d in docs[:3] for c in d.chunks[:1])
                 raise StoreError(f"writing {names}: {e}") from e
 
-    def replace_document(
-        self,
-        collection: str,
-        doc_id: str,
-        doc_hash: str,
-        pipeline: str,
-        chunks: Sequence[Chunk],
-        vectors: np.ndarray,
-    ) -> None:
-        """Write one document's chunks and delete its stale ones, in one commit."""
-        self.write_documents(
-            collection, [DocumentWrite(doc_id, doc_hash, pipeline, "", chunks, vectors)]
-        )
-
     def delete_documents(self, collection: str, doc_ids: Iterable[str]) -> int:
         """Remove documents with all their chunks, in one commit; returns chunks removed."""
         from lancedb.expr import col, lit
@@ -418,90 +318,30 @@ class Store:
                 self.maintain(wrote=True, keep_versions_s=REMOVAL_KEEP_VERSIONS_S)
         return docs, chunks
 
+    # -- upkeep (rag.index.upkeep does the work on the table) ----------------------------
+
     def maintain(self, wrote: bool, *, keep_versions_s: float | None = None) -> bool:
-        """Keep the full-text index current and fragments and versions bounded.
-
-        After a run that wrote: build the FTS index if missing, else fold new rows into it,
-        compact and prune versions older than `keep_versions_s` (default: the store's). A
-        run that wrote nothing changes nothing unless a crash left the index missing or
-        behind. Returns whether it wrote.
-        """
+        """Keep the full-text index current and fragments and versions bounded, after a run
+        (see upkeep.refresh_indexes); versions older than `keep_versions_s` (default: the
+        store's) are pruned. Returns whether it wrote."""
         keep_s = self.keep_versions_s if keep_versions_s is None else keep_versions_s
-        from lancedb.index import FTS
-
         with self.writer() as hold:
-            self._drop_stale_tables()
+            self.tables.drop_stale()
             table = self._table()
-            if table is None or table.count_rows() == 0:
+            if table is None:
                 return False
-            indexed = {i.name for i in table.list_indices()}
-            behind = FTS_INDEX in indexed and table.index_stats(FTS_INDEX).num_unindexed_rows > 0
-            if not wrote and FTS_INDEX in indexed and not behind:
-                return False
-            hold.check()
-            try:
-                if FTS_INDEX not in indexed:
-                    table.create_index("text", config=FTS(), name=FTS_INDEX)
-                self._ensure_vector_index(table, indexed)
-                table.optimize(cleanup_older_than=timedelta(seconds=keep_s))
-            except (OSError, RuntimeError, ValueError) as e:
-                raise StoreError(f"maintaining the index: {e}") from e
-            return True
-
-    def _ensure_vector_index(self, table: Any, indexed: set[str]) -> None:
-        """Build the HNSW index once the table is large enough (queries pass cosine too)."""
-        from lancedb.index import HnswSq
-
-        if not self.vector_index_rows or VECTOR_INDEX in indexed:
-            return
-        if table.count_rows() >= self.vector_index_rows:
-            table.create_index("vector", config=HnswSq(distance_type="cosine"), name=VECTOR_INDEX)
+            return refresh_indexes(table, wrote, keep_s, self.vector_index_rows, hold.check)
 
     def compact(self, keep_versions_s: float, *, erase: bool = False) -> None:
-        """Compact fragments, fold new rows into the indexes, prune older versions (`rag maintain`).
-
-        Unlike maintain() it always runs, on an empty table too: old versions of an emptied
-        table still hold the deleted rows. `erase` (retention 0) also rebuilds the indexes
-        from the live rows, since an index built before a delete keeps the deleted rows'
-        tokens and quantized vectors (an emptied table keeps its whole index; it is dropped),
-        and deletes files that no version references (a killed writer's, which hold text).
-        That is safe only with no other writer at work, which the writer lock held here
-        guarantees. Rows deleted but left in place by compaction are not removed here; see
-        rag.ops.maintenance.
-        """
-        from lancedb.index import FTS
-
+        """Compact, reindex and prune the active table (`rag maintain`; see
+        upkeep.compact_table for what `erase` adds)."""
         with self.writer() as hold:
-            self._drop_stale_tables()
+            self.tables.drop_stale()
             table = self._table(check=False)
-            if table is None:
-                return
-            hold.check()
-            try:
-                table.checkout_latest()
-                indexed = {i.name for i in table.list_indices()}
-                if table.count_rows() == 0:
-                    for name in indexed if erase else ():
-                        table.drop_index(name)
-                else:
-                    if erase or FTS_INDEX not in indexed:
-                        table.create_index("text", config=FTS(), name=FTS_INDEX, replace=True)
-                    if erase and VECTOR_INDEX in indexed:
-                        table.drop_index(VECTOR_INDEX)  # rebuilt next if still large enough
-                        indexed.discard(VECTOR_INDEX)
-                    self._ensure_vector_index(table, indexed)
-                with warnings.catch_warnings():
-                    # LanceDB warns that retention 0 breaks readers of older versions: the
-                    # operator chose it (documented with storage.keep_versions_s).
-                    warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than=0")
-                    table.optimize(
-                        cleanup_older_than=timedelta(seconds=keep_versions_s),
-                        delete_unverified=erase,
-                    )
-            except (OSError, RuntimeError, ValueError) as e:
-                raise StoreError(f"compacting the index: {e}") from e
-
-    # -- rebuilding with another model ----------------------------------------------------
+            if table is not None:
+                compact_table(
+                    table, keep_versions_s, self.vector_index_rows, hold.check, erase=erase
+                )
 
     def build_table(self, model: str, dim: int, batches: Iterable[list[dict[str, Any]]]) -> int:
         """Write `batches` of rows into a new table; make it the active one when complete.
@@ -509,88 +349,18 @@ class Store:
         A crash before the switch leaves the old table active and untouched; the half-built
         one is dropped by the next maintain() or build_table().
         """
-        from lancedb.index import FTS
-
         with self.writer() as hold:
-            self._drop_stale_tables()
+            self.tables.drop_stale()
             name = f"{TABLE}-{time.time_ns()}"
             schema = chunk_schema(model, dim)
-            try:
-                table = self._db.create_table(name, schema=schema)
-                rows = 0
-                for batch in batches:
-                    if batch:
-                        hold.check()
-                        table.add(to_arrow(batch, schema))
-                        rows += len(batch)
-                if rows:
-                    table.create_index("text", config=FTS(), name=FTS_INDEX)
-                    table.optimize()
-            except (OSError, RuntimeError, ValueError) as e:
-                raise StoreError(f"building the new index table: {e}") from e
-            old = self.active_table_name()
+            rows = fill_table(self.tables.create(name, schema), schema, batches, hold.check)
+            old = self.tables.active_name()
             hold.check()
-            self._set_pointer(name)
+            self.tables.set_active(name)
             self._opened = None
             self.embedding_model, self.dim = model, dim
-            with contextlib.suppress(Exception):  # a reader may still hold it; retried later
-                self._db.drop_table(old)
+            self.tables.drop(old)
             return rows
-
-    def _drop_stale_tables(self) -> None:
-        active = self.active_table_name()
-        for name in self._table_names():
-            if name != active and (name == TABLE or name.startswith(f"{TABLE}-")):
-                with contextlib.suppress(Exception):
-                    self._db.drop_table(name)
-
-    def _table_names(self) -> list[str]:
-        listing = self._db.list_tables()
-        return list(getattr(listing, "tables", listing))
-
-
-PASSAGE_COLUMNS = (
-    "chunk_id",
-    "source",
-    "page",
-    "heading",
-    "text",
-    "doc_id",
-    "chunk_index",
-    "char_start",
-    "char_end",
-)
-
-
-def _passage(row: dict[str, Any], score: float) -> Passage:
-    return Passage(
-        chunk_id=row["chunk_id"],
-        source=row["source"],
-        page=row["page"],
-        heading=row["heading"] or "",
-        text=row["text"],
-        score=round(score, 4),
-        doc_id=row["doc_id"],
-        chunk_index=-1 if row["chunk_index"] is None else int(row["chunk_index"]),
-        char_start=-1 if row["char_start"] is None else int(row["char_start"]),
-        char_end=-1 if row["char_end"] is None else int(row["char_end"]),
-        chunk_ids=(row["chunk_id"],),
-    )
-
-
-def _replace_file(path: Path, text: str) -> None:
-    """Write `text` to `path` so that a crash leaves either the old or the new content."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def open_store(
@@ -612,30 +382,14 @@ def open_store(
     and removing. `location` (rag.index.location) puts the index elsewhere, e.g. in a bucket;
     `data_path` stays this machine's state directory.
     """
-    import lancedb
-
-    location = location or local_location(data_path)
-    interval = None if read_consistency_s is None else timedelta(seconds=read_consistency_s)
-    try:
-        data_path.mkdir(parents=True, exist_ok=True)
-        db = lancedb.connect(
-            location.uri,
-            read_consistency_interval=interval,
-            storage_options=location.storage_options or None,
-        )
-    except (OSError, RuntimeError, ValueError) as e:
-        if location.remote:
-            raise store_error(e, location, "opening the index") from e
-        raise StoreError(f"cannot open the index at {data_path}: {e}") from e
+    tables = connect(data_path, location, read_consistency_s)
     return Store(
-        db,
-        data_path,
+        tables,
         embedding_model,
         dim,
         lock_wait_s=lock_wait_s,
         keep_versions_s=keep_versions_s,
         read_consistency_s=read_consistency_s,
-        location=location,
         lease_s=lease_s,
     )
 

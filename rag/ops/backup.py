@@ -43,8 +43,10 @@ from typing import Any
 
 from rag.accounts.apikeys import KEYS_FILE
 from rag.errors import NotFoundError, RagError, StoreError, UsageError
-from rag.index.location import DB_DIR, IndexLocation, local_location, store_error
-from rag.index.store import FTS_INDEX, POINTER_FILE, VECTOR_INDEX, open_store
+from rag.index.location import DB_DIR, IndexLocation, local_location
+from rag.index.store import open_store
+from rag.index.tables import POINTER_FILE, connect
+from rag.index.upkeep import FTS_INDEX, VECTOR_INDEX
 from rag.index.writelock import write_lock
 
 FORMAT = 1
@@ -127,10 +129,10 @@ def _copy_index_with_retries(
 
 def _copy_index(source: Path, location: IndexLocation, out: Path) -> dict[str, Any]:
     """Copy the live rows of the active table's latest version; return the manifest."""
-    import lancedb
     import pyarrow.compute as pc
 
-    name = open_store(source, None, 0, location=location).active_table_name()
+    tables = open_store(source, None, 0, location=location).tables
+    name = tables.active_name()
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "rag_version": _rag_version(),
@@ -144,18 +146,14 @@ def _copy_index(source: Path, location: IndexLocation, out: Path) -> dict[str, A
         "collections": {},
         "indexes": [],
     }
-    try:
-        db = lancedb.connect(location.uri, storage_options=location.storage_options or None)
-        table = db.open_table(name)
-    except (FileNotFoundError, ValueError) as e:
-        if location.remote and "was not found" not in str(e):
-            raise store_error(e, location, "reading the index for the backup") from e
+    table = tables.open(name)
+    if table is None:
         return manifest  # nothing ingested yet: keys and config only
     version = int(table.version)
     table.checkout(version)  # pinned: every read below sees this version only
     schema = table.schema
     indexes = sorted(i.name for i in table.list_indices())
-    copy = lancedb.connect(out / DB_DIR).create_table(name, schema=schema)
+    copy = connect(out).create(name, schema)
     counts: dict[str, int] = {}
     for batch in table.search().limit(None).to_batches(_BATCH_ROWS):
         if batch.num_rows:
@@ -247,7 +245,6 @@ def restore_backup(
 
 def _verify(data: Path, manifest: dict[str, Any]) -> None:
     """Raise StoreError unless the data dir holds what the manifest says, readable."""
-    import lancedb
     import pyarrow.compute as pc
 
     name = manifest.get("table")
@@ -257,7 +254,9 @@ def _verify(data: Path, manifest: dict[str, Any]) -> None:
     problems: list[str] = []
     try:
         pointer = (data / POINTER_FILE).read_text().strip()
-        table = lancedb.connect(data / DB_DIR).open_table(str(name))
+        table = connect(data).open(str(name))
+        if table is None:
+            raise StoreError(f"table {name} is missing")
         counts: dict[str, int] = {}
         column = table.search().select(["collection"]).limit(None).to_arrow()["collection"]
         for item in pc.value_counts(column).to_pylist():

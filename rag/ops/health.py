@@ -12,9 +12,10 @@ from typing import Any
 
 from rag.config import Settings
 from rag.errors import StoreError
-from rag.index.location import index_location, store_error
+from rag.index.location import index_location
 from rag.index.schema import REQUIRED_COLUMNS
-from rag.index.store import FTS_INDEX, open_index
+from rag.index.store import open_index
+from rag.index.upkeep import FTS_INDEX
 from rag.ops.check import FAIL, OK, WARN, Check
 from rag.ops.modelchecks import configured_embedding
 
@@ -32,18 +33,13 @@ def inspect_index(settings: Settings, configured: tuple[str, int]) -> list[Check
     where = location.describe()
     if not location.remote and not Path(location.uri).is_dir():
         return [Check("index", OK, f"no index yet at {where}; `rag ingest PATH` builds it")]
-    import lancedb
-
     try:
-        name = open_index(settings.storage, None, 0).active_table_name()
-        db = lancedb.connect(location.uri, storage_options=location.storage_options or None)
-        table = db.open_table(name)
+        tables = open_index(settings.storage, None, 0).tables
+        name = tables.active_name()
+        table = tables.open(name)
     except StoreError as e:
         return [Check("index", FAIL, e.message, "fix the [storage] settings or the environment")]
-    except (OSError, RuntimeError, ValueError) as e:
-        if "was not found" not in str(e):
-            problem = store_error(e, location, "opening the index").message
-            return [Check("index", FAIL, problem, "fix the [storage] settings or the environment")]
+    if table is None:
         return [Check("index", OK, f"no index table yet at {where}")]
     stored = _stored_model(table.schema)
     checks = [_check_model(stored, configured)]

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from rag.config import Settings
 from rag.errors import StoreError
-from rag.index.location import store_error
 from rag.index.schema import chunk_schema
 from rag.index.store import open_index
+from rag.index.tables import connect
 
 if TYPE_CHECKING:
     from rag.index.store import Store
@@ -119,17 +119,17 @@ def run_maintenance(
         settings.storage, None, 0, vector_index_rows=settings.retrieval.vector_index_rows
     )
     with store.writer(on_wait):
-        before = _facts(store, store.active_table_name())
+        before = _facts(store, store.tables.active_name())
         if before is None:
             report.reason = "no index"
         else:
             store.compact(keep_s, erase=erase)
-            after = _facts(store, store.active_table_name()) or before
+            after = _facts(store, store.tables.active_name()) or before
             if erase and after.deleted_rows != 0:
                 _rewrite(store)
                 store.compact(0, erase=True)  # drops the old table, prunes the new one
                 report.rewrote = True
-                after = _facts(store, store.active_table_name()) or before
+                after = _facts(store, store.tables.active_name()) or before
             if erase:
                 _check_erased(store, after)
             report.table = after.table
@@ -165,7 +165,7 @@ def _rewrite(store: Store) -> None:
 
 def _check_erased(store: Store, facts: TableFacts) -> None:
     """Refuse to report an erasure that did not happen: one version, no masked rows, one table."""
-    tables = sorted(f"{name}.lance" for name in store._table_names())
+    tables = sorted(f"{name}.lance" for name in store.tables.names())
     where = store.location.describe()
     problems = []
     if facts.versions != 1:
@@ -183,18 +183,12 @@ def _check_erased(store: Store, facts: TableFacts) -> None:
 
 def _facts(store: Store, table_name: str) -> TableFacts | None:
     """The table's size and shape read from a fresh connection (None: no such table)."""
-    import lancedb
-
     location = store.location
     if not location.remote and not Path(location.uri).is_dir():
         return None
-    try:
-        db = lancedb.connect(location.uri, storage_options=location.storage_options or None)
-        table = db.open_table(table_name)
-    except (OSError, RuntimeError, ValueError) as e:
-        if "was not found" in str(e):  # LanceDB's "Table ... was not found"
-            return None
-        raise store._error(e, f"opening table {table_name}") from e
+    table = connect(store.data_path, location).open(table_name)
+    if table is None:
+        return None
     try:
         versions = table.list_versions()
         latest = max(versions, key=lambda v: v["version"])
@@ -204,38 +198,12 @@ def _facts(store: Store, table_name: str) -> TableFacts | None:
     deleted = latest.get("metadata", {}).get("total_deletion_file_rows")
     return TableFacts(
         table=table_name,
-        bytes=_index_bytes(store),
+        bytes=store.tables.size_bytes(),
         versions=len(versions),
         fragments=int(stats["fragment_stats"]["num_fragments"]),
         rows=int(stats["num_rows"]),
         deleted_rows=-1 if deleted is None else int(deleted),
     )
-
-
-def _index_bytes(store: Store) -> int:
-    """Bytes of every table: files under lancedb/, or objects under the bucket's prefix."""
-    location = store.location
-    if not location.remote:
-        return _tree_bytes(Path(location.uri))
-    total = 0
-    try:
-        pages = store._s3().get_paginator("list_objects_v2")
-        for page in pages.paginate(Bucket=location.bucket, Prefix=location.key("")):
-            total += sum(int(item["Size"]) for item in page.get("Contents", []))
-    except Exception as e:
-        raise store_error(e, location, "measuring the index") from e
-    return total
-
-
-def _tree_bytes(root: Path) -> int:
-    total = 0
-    for folder, _, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except FileNotFoundError:  # removed by a concurrent cleanup while we walked
-                continue
-    return total
 
 
 def _last_run_s(data_path: Path) -> float | None:
