@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -296,7 +298,7 @@ def tune(cached: dict[str, list[Legs]], settings: RetrievalSettings) -> None:
     for candidates in (20, 30, 50):
         for weight in (0.2, 0.3, 0.4, 0.5):
             for keyword_weight in (0.4, 0.6, 0.8):
-                s = dataclasses.replace(
+                s = msgspec.structs.replace(
                     settings,
                     candidates=candidates,
                     text_weight=weight,

@@ -12,7 +12,6 @@ code is involved.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import msgspec
 import numpy as np
 import pytest
 
@@ -219,7 +219,7 @@ def test_a_killed_writers_lease_is_taken_over_after_lease_s(keys: S3Server, tmp_
             "from rag.config import StorageSettings\n"
             "from rag.index.location import index_location\n"
             "from rag.index.writelock import write_lock\n"
-            f"s = StorageSettings(**{dataclasses.asdict(storage)!r})\n"
+            f"s = StorageSettings(**{msgspec.structs.asdict(storage)!r})\n"
             "with write_lock(s.data_path, 0, location=index_location(s), lease_s=s.lease_s):\n"
             "    print('held', flush=True)\n"
             "    time.sleep(300)\n",

@@ -5,6 +5,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from rag.config import EmbeddingSettings, HardwareSettings, LlmSettings, Settings, StorageSettings
@@ -257,7 +258,9 @@ def test_the_answerer_context_is_capped_at_what_the_memory_limit_holds(tmp_path:
     answerer = load_answerer(settings)
     assert answerer.context_tokens == served.max_context_tokens
     with pytest.raises(InsufficientMemoryError, match="does not fit"):
-        load_answerer(dataclasses.replace(settings, hardware=HardwareSettings(memory_limit_gb=0.1)))
+        load_answerer(
+            msgspec.structs.replace(settings, hardware=HardwareSettings(memory_limit_gb=0.1))
+        )
 
 
 @pytest.mark.slow

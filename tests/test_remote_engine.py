@@ -175,7 +175,7 @@ def test_cancelling_closes_the_stream_at_once(indexed: Settings) -> None:
 
 
 def test_doctor_checks_the_generation_server(indexed: Settings) -> None:
-    from dataclasses import replace
+    from msgspec.structs import replace
 
     from rag.ops.check import FAIL, OK
     from rag.ops.modelchecks import check_generation_server

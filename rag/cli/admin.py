@@ -150,7 +150,7 @@ def maintain(ctx: click.Context, now: bool, as_json: bool) -> None:
     may call it often. With storage.keep_versions_s = 0 it erases: no file keeps the text
     of removed documents. Reports what it reclaimed.
     """
-    from rag.models.planner import format_bytes
+    from rag.models.hardware import format_bytes
     from rag.ops.maintenance import run_maintenance
 
     report = run_maintenance(cli_settings(ctx), force=now, on_wait=say)

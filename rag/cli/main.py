@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from rag.cli import admin
-from rag.cli.kit import cli_settings, emit_json, handle_errors, printable, say
-from rag.config import Settings, override
+from rag.cli import admin, documents, evaluate
+from rag.cli.kit import cli_settings, emit_json, handle_errors, printable
+from rag.config import override
 from rag.errors import UsageError
 
 if TYPE_CHECKING:
-    from ingest.report import Progress
+    pass
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -41,251 +39,6 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
-
-
-class _ProgressLine:
-    """A one-line live bar on stderr (only on a terminal): files, pages, chunks, chunks/s, ETA."""
-
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
-        self.drawn = 0.0
-
-    def __call__(self, p: Progress) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        final = p.stage == "done"
-        # Redrawing on every event would cost more than the work it reports.
-        if not final and now - self.drawn < 0.1:
-            return
-        self.drawn = now
-        width = 24
-        filled = int(width * p.files_done / p.files_total) if p.files_total else width
-        eta = "--" if p.eta_s is None else f"{p.eta_s:.0f}s"
-        line = (
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {p.files_done}/{p.files_total} files "
-            f"{p.pages} pages {p.chunks} chunks {p.chunks_per_s:.1f} chunks/s ETA {eta} "
-            f"{p.stage} {printable(p.current)[-32:]}"
-        )
-        click.echo(line.ljust(120), nl=final, err=True)
-
-
-@main.command()
-@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
-@click.option("--collection", "-c", help="Collection to add the documents to.")
-@click.option(
-    "--sync", is_flag=True, help="Also remove documents whose files are gone from under PATHS."
-)
-@click.option(
-    "--reembed",
-    is_flag=True,
-    help="First rebuild the whole index with the configured embedding model (all "
-    "collections); the old index serves until the new one is complete. PATHS optional.",
-)
-@click.option(
-    "--ray",
-    "ray_address",
-    metavar="ADDRESS|auto",
-    help="Parse and embed PATHS on a Ray cluster (HOST:PORT, ray://HOST:PORT, or auto for "
-    "the one on this machine); this process plans and writes. Needs pip install 'rag[ray]'.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-@click.pass_context
-@handle_errors
-def ingest(
-    ctx: click.Context,
-    paths: tuple[Path, ...],
-    collection: str | None,
-    sync: bool,
-    reembed: bool,
-    ray_address: str | None,
-    as_json: bool,
-) -> None:
-    """Add or update the documents under PATHS (PDF, Markdown, HTML, reStructuredText, text).
-
-    Unchanged files are skipped; a file that fails is reported and the rest go on.
-    Exit code 1 when any file failed. One ingest writes an index at a time; a second one
-    waits for it (storage.lock_wait_s).
-    """
-    import contextlib
-
-    from rag.errors import UsageError
-    from rag.index.location import index_location
-    from rag.index.writelock import write_lock
-
-    if not paths and not reembed:
-        raise UsageError("give at least one PATH to ingest (or --reembed)")
-    if ray_address is not None and not paths:
-        raise UsageError("--ray distributes the PATHS to ingest; give at least one")
-    settings = cli_settings(ctx)
-    cluster: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if ray_address is not None:
-        from ingest.distributed import connect
-
-        # Before the lock and the model load: a wrong address is reported in seconds.
-        cluster = connect(ray_address, settings.ingest, settings.embedding)
-    # Take the writer lock before the slow model load, so a second ingest says at once
-    # that it waits (or gives up) instead of after loading a model it cannot use yet.
-    storage = settings.storage
-    with (
-        cluster as ray_cluster,
-        write_lock(
-            storage.data_path,
-            storage.lock_wait_s,
-            say,
-            location=index_location(storage),
-            lease_s=storage.lease_s,
-        ),
-    ):
-        _ingest(settings, paths, collection, sync, reembed, as_json, ray_cluster)
-
-
-def _ingest(
-    settings: Settings,
-    paths: tuple[Path, ...],
-    collection: str | None,
-    sync: bool,
-    reembed: bool,
-    as_json: bool,
-    cluster: Any = None,
-) -> None:
-    from ingest.reembed import reembed as rebuild
-    from ingest.report import IngestReport
-    from ingest.run import run_ingest
-    from rag.embed.embedder import load_embedder
-    from rag.index.store import open_index
-
-    embedder = load_embedder(settings.embedding)
-    store = open_index(
-        settings.storage,
-        embedder.name,
-        embedder.dim,
-        vector_index_rows=settings.retrieval.vector_index_rows,
-    )
-    progress = _ProgressLine()
-    reembedded = 0
-    if reembed:
-        reembedded = rebuild(
-            store,
-            embedder,
-            settings.chunking,
-            settings.embedding.batch_size,
-            on_progress=progress,
-            on_wait=say,
-        )
-    report = IngestReport()
-    if paths:
-        report = run_ingest(
-            paths,
-            collection=collection or settings.storage.collection,
-            chunking=settings.chunking,
-            embedder=embedder,
-            store=store,
-            batch_size=settings.embedding.batch_size,
-            on_progress=progress,
-            ingest=settings.ingest,
-            sync=sync,
-            on_wait=say,
-            cluster=cluster,
-        )
-    if as_json:
-        emit_json({**report.to_json(), **({"reembedded": reembedded} if reembed else {})})
-    else:
-        if reembed:
-            click.echo(f"re-embedded {reembedded} chunks with {embedder.name}")
-        if paths:
-            click.echo(
-                f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
-                f"{report.removed} removed, {len(report.failed)} failed; {report.chunks} chunks, "
-                f"{report.pages} pages in {report.seconds:.1f}s"
-            )
-        for failure in report.failed:
-            where, error = printable(failure["path"]), printable(failure["error"])
-            click.echo(f"  failed ({failure['reason']}): {where}: {error}", err=True)
-        for scan in report.empty_pages:
-            pages = ", ".join(map(str, scan["pages"]))
-            where = printable(scan["path"])
-            click.echo(f"  no text on page(s) {pages} of {where} (scanned?)", err=True)
-        if report.skipped:
-            click.echo(f"  {report.skipped_summary()}", err=True)
-    if report.failed:
-        sys.exit(1)
-
-
-@main.group()
-def docs() -> None:
-    """List or remove the documents of a collection."""
-
-
-@docs.command("list")
-@click.option("--collection", "-c", help="Collection to list.")
-@click.option("--json", "as_json", is_flag=True, help="Print the documents as JSON.")
-@click.pass_context
-@handle_errors
-def docs_list(ctx: click.Context, collection: str | None, as_json: bool) -> None:
-    """Show each document of a collection with its chunk and page counts."""
-    from rag.index.store import open_index
-
-    settings = cli_settings(ctx)
-    name = collection or settings.storage.collection
-    store = open_index(settings.storage, None, 0)
-    found = sorted(store.documents(name).values(), key=lambda d: d.source)
-    rows = [
-        {
-            "source": d.source,
-            "path": d.path,
-            "doc_id": d.doc_id,
-            "chunks": d.chunks,
-            "pages": d.pages,
-            "doc_hash": d.doc_hash,
-        }
-        for d in found
-    ]
-    if as_json:
-        emit_json({"collection": name, "documents": rows})
-        return
-    for row in rows:
-        pages = f", {row['pages']} pages" if row["pages"] else ""
-        click.echo(f"{printable(row['source'])}  ({row['chunks']} chunks{pages})")
-    total = sum(r["chunks"] for r in rows)
-    click.echo(
-        f"{len(rows)} document(s), {total} chunks in collection {printable(repr(name))}", err=True
-    )
-
-
-@docs.command("rm")
-@click.argument("sources", nargs=-1, required=True)
-@click.option("--collection", "-c", help="Collection to remove them from.")
-@click.pass_context
-@handle_errors
-def docs_rm(ctx: click.Context, sources: tuple[str, ...], collection: str | None) -> None:
-    """Remove documents (as `rag docs list` names them, or by file path) with their chunks."""
-    from rag.errors import NotFoundError
-    from rag.index.store import open_index
-    from web.uploads import stored_upload
-
-    settings = cli_settings(ctx)
-    name = collection or settings.storage.collection
-    store = open_index(
-        settings.storage, None, 0, vector_index_rows=settings.retrieval.vector_index_rows
-    )
-    wanted = {str(Path(s).expanduser().resolve()): s for s in sources} | {s: s for s in sources}
-    with store.writer(on_wait=say):
-        docs, removed = store.remove_documents(
-            name, lambda d: d.source in wanted or d.path in wanted
-        )
-    # A document uploaded through the service goes with its stored file, as over the API.
-    for doc in docs:
-        if (upload := stored_upload(doc.path, settings.storage.data_path)) is not None:
-            upload.unlink(missing_ok=True)
-    found = {wanted[k] for d in docs for k in (d.source, d.path) if k in wanted}
-    missing = [s for s in sources if s not in found]
-    click.echo(
-        f"removed {len(docs)} document(s), {removed} chunks, "
-        f"from collection {printable(repr(name))}"
-    )
-    if missing:
-        raise NotFoundError(f"not in collection {name!r}: {', '.join(missing)}")
 
 
 @main.command()
@@ -370,117 +123,6 @@ def search(
         click.echo("    " + printable(" ".join(h.text.split())[:200]))
 
 
-@main.command("eval")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--collection", "-c", help="Collection the questions are about.")
-@click.option("--k", type=click.IntRange(min=1), help="Passages an answer would use.")
-@click.option(
-    "--mode",
-    type=click.Choice(["hybrid", "vector", "keyword"]),
-    help="Retrieval to measure (default: retrieval.mode).",
-)
-@click.option(
-    "--generate",
-    is_flag=True,
-    help="Also answer each question with the LLM, for citation precision (slow on a CPU).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.pass_context
-@handle_errors
-def eval_questions(
-    ctx: click.Context,
-    file: Path,
-    collection: str | None,
-    k: int | None,
-    mode: str | None,
-    generate: bool,
-    as_json: bool,
-) -> None:
-    """Measure retrieval and answers on FILE, JSON lines of {"question", "answer"?,
-    "source"?, "page"?, "history"?}: hit@1/hit@5/MRR, citation precision, "not found" on
-    unanswerable questions, latency. See rag/ops/evaluation.py for the definitions.
-    """
-    from rag.ops.evaluation import evaluate, load_questions, render_report
-
-    questions = load_questions(file)
-    settings = override(cli_settings(ctx), "retrieval", k=k, mode=mode)
-    name = collection or settings.storage.collection
-    report = evaluate(questions, *_eval_runners(settings, name, generate))
-    r = settings.retrieval
-    result = {
-        "file": str(file),
-        "mode": r.mode,
-        # The "not found" operating point the refusal shares below were measured at.
-        "min_score": r.min_score,
-        "word_weight": r.word_weight,
-        **report.to_json(),
-    }
-    if as_json:
-        emit_json(result)
-    else:
-        click.echo(render_report(result))
-
-
-def _eval_runners(settings: Settings, collection: str, generate: bool) -> tuple[Any, ...]:
-    """(search, is_refused, answer) for rag.ops.evaluation.evaluate, loading what they need."""
-    from rag.ops.evaluation import DEPTH, EvalQuestion
-    from rag.qa.conversation import rule_rewrite
-    from rag.qa.retrieval import is_relevant
-
-    r = settings.retrieval
-    answerer = None
-    if generate or r.rewrite == "llm":
-        from rag.qa.answerer import load_answerer
-
-        answerer = load_answerer(settings)
-        embedder, store = answerer.embedder, answerer.store
-    else:
-        from rag.embed.embedder import load_embedder
-        from rag.index.store import open_index
-
-        embedder = load_embedder(settings.embedding)
-        store = open_index(settings.storage, embedder.name, embedder.dim)
-    from rag.qa.retrieval import Retriever
-
-    retriever = Retriever(store, embedder, r)
-
-    def search(q: EvalQuestion) -> tuple[list[Any], str | None]:
-        turns = q.turns()
-        if answerer is not None:
-            rewritten = answerer.standalone_query(q.question, turns)
-        else:
-            rewritten = rule_rewrite(q.question, turns) if r.rewrite == "rules" else None
-        return retriever.search(rewritten or q.question, collection, max(DEPTH, r.k)), rewritten
-
-    def is_refused(query: str, passages: list[Any]) -> bool:
-        return not is_relevant(passages[: r.k], r.min_score, query, r.word_weight)
-
-    # Answers given so far, by the questions of the conversation up to them: a follow-up is
-    # asked after its earlier questions were answered, with those answers as its history.
-    said: dict[tuple[str, ...], str] = {}
-
-    def said_to(conversation: tuple[str, ...]) -> str:
-        if conversation not in said:
-            said[conversation] = ask(conversation[-1], conversation[:-1]).answer
-        return said[conversation]
-
-    def ask(question: str, before: tuple[str, ...]) -> Any:
-        assert answerer is not None
-        answers = [said_to(before[: n + 1]) for n in range(len(before))]
-        turns = EvalQuestion(question, history=before).turns(answers)
-        final = None
-        for item in answerer.stream(question, collection, r.k, history=turns):
-            final = item
-        return final
-
-    def answer(q: EvalQuestion) -> Any:
-        reply = ask(q.question, q.history)
-        said[(*q.history, q.question)] = reply.answer
-        return reply
-
-    return search, is_refused, (answer if generate else None)
-
-
 def _fields(obj: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -530,8 +172,11 @@ def mcp(ctx: click.Context) -> None:
     run_stdio(cli_settings(ctx))
 
 
-# The operator's commands live in rag.cli.admin.
+# The other commands live beside this one: the documents', evaluation's and the operator's.
 for _command in (
+    documents.ingest,
+    documents.docs,
+    evaluate.eval_questions,
     admin.keys,
     admin.plan,
     admin.doctor,

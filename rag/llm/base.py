@@ -359,11 +359,6 @@ def check_request(prompt_ids: Sequence[int], max_tokens: int, context_tokens: in
         )
 
 
-def parse_stop(value: str) -> tuple[str, ...]:
-    """llm.stop: stop strings separated by "|" ("" = none)."""
-    return tuple(s for s in value.split("|") if s)
-
-
 def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     """Token ids of `messages` through the tokenizer's chat template, ready to answer."""
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

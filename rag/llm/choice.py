@@ -9,12 +9,11 @@ is the pure rule (table-driven tests); `resolve_model` applies it to this machin
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rag.config import Settings
+from rag.config import Settings, replace
 from rag.errors import InsufficientMemoryError, RagError
 from rag.llm.probe import speed_for
 from rag.models.catalog import cached_hub_ids, read_model_spec
@@ -178,4 +177,4 @@ def choose_here(
 
 def with_model(settings: Settings, model: str) -> Settings:
     """`settings` with llm.model set to a concrete value."""
-    return dataclasses.replace(settings, llm=dataclasses.replace(settings.llm, model=model))
+    return replace(settings, "llm", model=model)

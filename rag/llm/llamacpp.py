@@ -35,7 +35,7 @@ from typing import Any
 
 from rag.config import LlmSettings
 from rag.errors import EngineError, ModelLoadError
-from rag.llm.base import Cancelled, TextStream, end_of_turn_token, parse_stop
+from rag.llm.base import Cancelled, TextStream, end_of_turn_token
 from rag.llm.gguf import load_gguf_tokenizer
 from rag.llm.local import LocalEngine, ThreadTokens
 from rag.models.gguffile import read_gguf_header
@@ -360,7 +360,7 @@ def load_llamacpp_engine(
         llama,
         tokenizer,
         n_ctx,
-        stop=parse_stop(settings.stop),
+        stop=settings.stop,
         reason=reason,
         backend=backend,
     )

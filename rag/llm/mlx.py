@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from rag.config import LlmSettings
 from rag.errors import ModelLoadError
-from rag.llm.base import Cancelled, end_of_turn_token, parse_stop
+from rag.llm.base import Cancelled, end_of_turn_token
 from rag.llm.cputune import tune_model
 from rag.llm.gguf import load_gguf
 from rag.llm.kvcache import clone_cache, snapshot_cache
@@ -204,7 +204,7 @@ def load_mlx_engine(settings: LlmSettings, *, tune: bool = True, reason: str = "
     path = model_path(spec, settings.cache_path)
     options: dict[str, Any] = {
         "kv_bits": settings.kv_bits or None,
-        "stop": parse_stop(settings.stop),
+        "stop": settings.stop,
         "reason": reason,
     }
     if path.suffix == ".gguf":

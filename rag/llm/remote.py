@@ -34,7 +34,6 @@ from rag.llm.base import (
     Generation,
     StopText,
     check_request,
-    parse_stop,
     render_chat,
 )
 from rag.llm.gguf import load_gguf_tokenizer
@@ -301,7 +300,7 @@ def load_remote_engine(settings: LlmSettings) -> OpenAIEngine:
         model_context,
         served_model=settings.served_model,
         api_key=api_key,
-        stop=parse_stop(settings.stop),
+        stop=settings.stop,
         connect_timeout_s=settings.connect_timeout_s,
     )
     served_context = server_context_tokens(engine)

@@ -22,13 +22,12 @@ from rag.llm.choice import (
 )
 from rag.llm.probe import speed_for
 from rag.models.catalog import CATALOG, cached_hub_ids, read_model_spec
-from rag.models.hardware import GB, GIB, Hardware, resolve_hardware
+from rag.models.hardware import GB, GIB, Hardware, format_bytes, resolve_hardware
 from rag.models.planner import (
     USEFUL_CONTEXT_TOKENS,
     Plan,
     best_fit,
     budget_bytes,
-    format_bytes,
     plan,
     plan_served,
 )

@@ -273,3 +273,11 @@ def _macos_swap_used_bytes() -> int:
         return int(float(value.rstrip("KMG")) * scale)
     except ValueError:
         return 0
+
+
+def format_bytes(count: float) -> str:
+    if abs(count) >= GIB:
+        return f"{count / GIB:.2f} GiB"
+    if abs(count) >= 1024**2:
+        return f"{count / 1024**2:.0f} MiB"
+    return f"{count / 1024:.0f} KiB"

@@ -27,7 +27,7 @@ from typing import Any
 
 from rag.config import Settings
 from rag.errors import InsufficientMemoryError
-from rag.models.hardware import GIB, Hardware
+from rag.models.hardware import GIB, Hardware, format_bytes
 from rag.models.spec import ModelSpec
 from rag.models.speed import MachineSpeed
 
@@ -447,11 +447,3 @@ def require_fit(plan: Plan) -> None:
     """Refuse, with the numbers, a plan that does not fit."""
     if not plan.fits:
         raise InsufficientMemoryError(f"{plan.model} does not fit this machine: {plan.reason}")
-
-
-def format_bytes(count: float) -> str:
-    if abs(count) >= GIB:
-        return f"{count / GIB:.2f} GiB"
-    if abs(count) >= 1024**2:
-        return f"{count / 1024**2:.0f} MiB"
-    return f"{count / 1024:.0f} KiB"

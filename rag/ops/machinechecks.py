@@ -19,8 +19,7 @@ from rag.llm.load import (
     choose_engine,
     llama_cpp_installed,
 )
-from rag.models.hardware import GIB, read_memory_bytes, sysctl
-from rag.models.planner import format_bytes
+from rag.models.hardware import GIB, format_bytes, read_memory_bytes, sysctl
 from rag.ops.check import FAIL, OK, WARN, Check
 
 KEY_PACKAGES = (

@@ -15,9 +15,8 @@ from rag.errors import RagError
 from rag.llm.remote import load_remote_engine
 from rag.llm.sizing import plan_configured
 from rag.models.catalog import read_model_spec
-from rag.models.hardware import GIB, resolve_hardware
+from rag.models.hardware import GIB, format_bytes, resolve_hardware
 from rag.models.packaged import PackagedModel, model_path, packaged_model
-from rag.models.planner import format_bytes
 from rag.ops.check import FAIL, OK, WARN, Check
 from rag.ops.machinechecks import WIRED_LIMIT_MARGIN
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rag.config import USER_CONFIG_PATH, Settings, config_file
+from rag.config import USER_CONFIG_PATH, Settings, config_file, replace
 from rag.errors import ModelLoadError, RagError, UsageError
 from rag.llm.choice import choose_model_spec, plan_candidates
 from rag.llm.load import choose_engine
@@ -92,7 +92,7 @@ def wants_gguf(settings: Settings) -> bool:
 
     if settings.llm.engine == "openai":
         raise UsageError('llm.engine = "openai": the model runs elsewhere; nothing to pull')
-    choice = choose_engine(dataclasses.replace(settings.llm, model="auto"))
+    choice = choose_engine(replace(settings, "llm", model="auto").llm)
     return not (choice.kind == "mlx" and (choice.backend != "cpu" or settings.llm.engine == "mlx"))
 
 
