@@ -181,18 +181,40 @@ class Cancelled(Exception):
     """Raised inside a prefill to abandon it between chunks."""
 
 
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A generated token; `finish` None, "stop" (an end-of-turn token, which is `id`) or
+    "length"."""
+
+    id: int
+    finish: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """The request was cancelled before its next token."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Generation failed with `error`; the caller raises it."""
+
+    error: BaseException
+
+
+TokenEvent = Token | Stopped | Failed
+
+
 class TokenSource(Protocol):
     """Where a request's tokens come from: this thread, or the generation thread.
 
-    `next` returns ("token", id, finish_reason) with finish_reason None, "stop" (an
-    end-of-turn token, which is `id`) or "length"; ("cancelled",); ("error", exception);
-    or None when nothing came within `timeout` seconds.
+    `next` returns the next event, or None when nothing came within `timeout` seconds.
     """
 
     cached_tokens: int
     peak_memory_bytes: int
 
-    def next(self, timeout: float) -> tuple[Any, ...] | None: ...
+    def next(self, timeout: float) -> TokenEvent | None: ...
 
     def cancel(self) -> None: ...
 

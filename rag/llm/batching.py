@@ -36,7 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from rag.llm.base import PrefixCache, TokenSource
+from rag.llm.base import Failed, PrefixCache, Stopped, Token, TokenEvent, TokenSource
 from rag.llm.kvcache import clone_cache, snapshot_cache
 
 log = logging.getLogger("rag.llm.batching")
@@ -57,9 +57,9 @@ class BatchRequest:
         self.cancelled = False
         self.store_prefix: tuple[int, ...] | None = None
         self._batcher = batcher
-        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[TokenEvent] = queue.SimpleQueue()
 
-    def next(self, timeout: float) -> tuple[Any, ...] | None:
+    def next(self, timeout: float) -> TokenEvent | None:
         try:
             return self._events.get(timeout=timeout)
         except queue.Empty:
@@ -68,7 +68,7 @@ class BatchRequest:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def push(self, event: tuple[Any, ...]) -> None:
+    def push(self, event: TokenEvent) -> None:
         self._events.put(event)
 
 
@@ -170,7 +170,7 @@ class Batcher:
                 except Exception as e:  # fail this batch, not the service
                     log.exception("batch step failed")
                     for request in [*running.values(), *waiting]:
-                        request.push(("error", e))
+                        request.push(Failed(e))
                     running.clear()
                     waiting.clear()
                     generator.close()
@@ -185,10 +185,10 @@ class Batcher:
                 self.cache_bytes = generator.prompt_cache_nbytes if running else 0
         finally:
             for request in [*running.values(), *waiting]:
-                request.push(("cancelled",))
+                request.push(Stopped())
             for item in self._take(block=False):
                 if isinstance(item, BatchRequest):
-                    item.push(("cancelled",))
+                    item.push(Stopped())
                 elif isinstance(item, _Call):
                     item.future.cancel()
             if generator is not None:
@@ -252,7 +252,7 @@ class Batcher:
             if r.finish_reason is not None:
                 request.peak_memory_bytes = mx.get_peak_memory()
                 del running[r.uid]
-            request.push(("token", r.token, r.finish_reason))
+            request.push(Token(r.token, r.finish_reason))
 
     def _insert(self, generator: Any, request: BatchRequest) -> int:
         from mlx_lm.sample_utils import make_sampler
@@ -295,17 +295,17 @@ class Batcher:
                 event = tokens.next(0.0)
                 assert event is not None  # a local source runs until it has an event
                 request.cached_tokens = tokens.cached_tokens
-                if event[0] == "token" and event[2] is not None:
+                if isinstance(event, Token) and event.finish is not None:
                     request.peak_memory_bytes = tokens.peak_memory_bytes
                 request.push(event)
-                if event[0] != "token" or event[2] is not None:
+                if not isinstance(event, Token) or event.finish is not None:
                     return
                 if request.cancelled or self._closing.is_set():
-                    request.push(("cancelled",))
+                    request.push(Stopped())
                     return
         except Exception as e:
             log.exception("generation failed")
-            request.push(("error", e))
+            request.push(Failed(e))
         finally:
             tokens.cancel()
             request.peak_memory_bytes = max(request.peak_memory_bytes, tokens.peak_memory_bytes)

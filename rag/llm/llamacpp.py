@@ -35,7 +35,7 @@ from typing import Any
 
 from rag.config import LlmSettings
 from rag.errors import EngineError, ModelLoadError
-from rag.llm.base import Cancelled, TextStream, end_of_turn_token
+from rag.llm.base import Cancelled, Stopped, TextStream, Token, TokenEvent, end_of_turn_token
 from rag.llm.gguf import load_gguf_tokenizer
 from rag.llm.local import LocalEngine, ThreadTokens
 from rag.models.gguffile import read_gguf_header
@@ -237,7 +237,7 @@ class LlamaTokens(ThreadTokens):
 
     def _generate(
         self, prompt_ids: list[int], max_tokens: int, temperature: float
-    ) -> Iterator[tuple[Any, ...]]:
+    ) -> Iterator[TokenEvent]:
         import numpy as np
 
         engine = self.engine
@@ -247,18 +247,18 @@ class LlamaTokens(ThreadTokens):
             try:
                 engine.prefill(prompt_ids, self.cached_tokens, self._should_stop)
             except Cancelled:
-                yield ("cancelled",)
+                yield Stopped()
                 return
             self.peak_memory_bytes = rss_bytes()
             for n in range(1, max_tokens + 1):
                 token = engine.sample(temperature, rng)
                 stops = token in engine.eos_token_ids
                 reason = "stop" if stops else "length" if n == max_tokens else None
-                yield ("token", token, reason)
+                yield Token(token, reason)
                 if reason is not None:
                     return
                 if self._should_stop():
-                    yield ("cancelled",)
+                    yield Stopped()
                     return
                 engine.append(token)
         finally:

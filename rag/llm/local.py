@@ -30,9 +30,12 @@ from rag.llm.base import (
     MAX_PREFIX_TOKENS,
     POLL_S,
     EngineInfo,
+    Failed,
     Generation,
     PrefixCache,
+    Stopped,
     StopText,
+    TokenEvent,
     TokenSource,
     check_request,
     render_chat,
@@ -200,12 +203,12 @@ class LocalEngine(ABC):
                         finish = "cancelled"
                         break
                     continue
-                if event[0] == "error":
-                    raise event[1]
-                if event[0] == "cancelled":
+                if isinstance(event, Failed):
+                    raise event.error
+                if isinstance(event, Stopped):
                     finish = "cancelled"
                     break
-                _, token, reason = event
+                token, reason = event.id, event.finish
                 if count == 0:
                     first_token_at = time.perf_counter()
                 count += 1
@@ -307,10 +310,10 @@ class ThreadTokens(ABC):
     @abstractmethod
     def _generate(
         self, prompt_ids: list[int], max_tokens: int, temperature: float
-    ) -> Iterator[tuple[Any, ...]]: ...
+    ) -> Iterator[TokenEvent]: ...
 
-    def next(self, timeout: float) -> tuple[Any, ...] | None:
-        return next(self._tokens, ("cancelled",))
+    def next(self, timeout: float) -> TokenEvent | None:
+        return next(self._tokens, Stopped())
 
     def cancel(self) -> None:
         self._tokens.close()

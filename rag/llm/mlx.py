@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from rag.config import LlmSettings
 from rag.errors import ModelLoadError
-from rag.llm.base import Cancelled, end_of_turn_token
+from rag.llm.base import Cancelled, Stopped, Token, TokenEvent, end_of_turn_token
 from rag.llm.cputune import tune_model
 from rag.llm.gguf import load_gguf
 from rag.llm.kvcache import clone_cache, snapshot_cache
@@ -151,7 +151,7 @@ class LocalTokens(ThreadTokens):
 
     def _generate(
         self, prompt_ids: list[int], max_tokens: int, temperature: float
-    ) -> Iterator[tuple[Any, ...]]:
+    ) -> Iterator[TokenEvent]:
         import mlx.core as mx
         from mlx_lm.generate import generate_step, generation_stream, wired_limit
         from mlx_lm.sample_utils import make_sampler
@@ -183,11 +183,11 @@ class LocalTokens(ThreadTokens):
                     reason = "stop" if token in eos else "length" if n == max_tokens else None
                     if reason is not None:
                         self.peak_memory_bytes = mx.get_peak_memory()
-                    yield ("token", token, reason)
+                    yield Token(token, reason)
                     if reason is not None:
                         return
             except Cancelled:
-                yield ("cancelled",)
+                yield Stopped()
             finally:
                 steps.close()
                 del cache
