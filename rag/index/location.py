@@ -117,22 +117,18 @@ def write_object(client: Any, location: IndexLocation, name: str, data: bytes) -
 
 def error_code(e: BaseException) -> str:
     """The S3 error code of a botocore ClientError ("NoSuchKey", "PreconditionFailed"), or ""."""
-    response = getattr(e, "response", None)
-    if not isinstance(response, dict):
+    from botocore.exceptions import ClientError
+
+    if not isinstance(e, ClientError):
         return ""
-    return str(response.get("Error", {}).get("Code", ""))
+    return str(e.response.get("Error", {}).get("Code", ""))
 
 
-# Markers in LanceDB's (Rust object_store) and botocore's messages, and what they mean.
-_CREDENTIALS = (
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "AccessDenied",
-    "status: 403",
-    "Unable to locate credentials",
-    "NoCredentialsError",
-    "credential",
-)
+# S3 error codes of a refused key or signature.
+_REFUSED_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
+# LanceDB reaches the bucket through Rust's object_store, whose failures arrive as plain
+# OSError/RuntimeError text: these markers in it, and what they mean.
+_CREDENTIALS = (*_REFUSED_CODES, "status: 403", "credential")
 _UNREACHABLE = (
     "Could not connect",
     "Connect timeout",
@@ -140,31 +136,63 @@ _UNREACHABLE = (
     "Connection refused",
     "tcp connect error",
     "dns error",
-    "EndpointConnectionError",
-    "ConnectTimeoutError",
     "Failed to connect to namespace",
 )
 
 
 def store_error(e: BaseException, location: IndexLocation, doing: str) -> StoreError:
     """A StoreError for a failed object-store call that says which setting or variable to fix."""
-    text = f"{type(e).__name__}: {e}"
     where = location.describe()
-    if "NoSuchBucket" in text:
+    problem = _boto_problem(e) or _lancedb_problem(f"{type(e).__name__}: {e}")
+    if problem == "bucket":
         return StoreError(
             f"{doing}: bucket {location.bucket!r} does not exist ({where}); create it"
         )
-    if any(m in text for m in _CREDENTIALS):
+    if problem == "credentials":
         return StoreError(
             f"{doing}: the object store {where} refused the credentials: check "
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment"
         )
-    if any(m in text for m in _UNREACHABLE) and "status: 4" not in text:
+    if problem == "unreachable":
         return StoreError(
             f"{doing}: cannot reach the object store {where}: check storage.s3_endpoint "
             "and that the server is up"
         )
     return StoreError(f"{doing} in {where}: {_first_line(str(e))}")
+
+
+def _boto_problem(e: BaseException) -> str:
+    """ "bucket", "credentials" or "unreachable" for botocore's exceptions, else ""."""
+    try:
+        from botocore.exceptions import (
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+    except ImportError:  # no boto3: the error came from LanceDB
+        return ""
+    if isinstance(e, ClientError):
+        code = error_code(e)
+        if code == "NoSuchBucket":
+            return "bucket"
+        return "credentials" if code in _REFUSED_CODES else ""
+    if isinstance(e, NoCredentialsError | PartialCredentialsError):
+        return "credentials"
+    if isinstance(e, EndpointConnectionError | ConnectTimeoutError):
+        return "unreachable"
+    return ""
+
+
+def _lancedb_problem(text: str) -> str:
+    if "NoSuchBucket" in text:
+        return "bucket"
+    if any(m in text for m in _CREDENTIALS):
+        return "credentials"
+    if any(m in text for m in _UNREACHABLE) and "status: 4" not in text:
+        return "unreachable"
+    return ""
 
 
 def _first_line(text: str, limit: int = 300) -> str:
