@@ -519,7 +519,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 def mcp(ctx: click.Context) -> None:
     """Serve the documents to an AI assistant over MCP (Model Context Protocol) on stdio.
 
-    An assistant starts this command itself (see the README for its config) and calls the
+    An assistant starts this command itself (docs/http-api.md shows its config) and calls the
     tools search, ask, list_collections and list_documents; documents are resources
     rag://COLLECTION/SOURCE. Reads every collection, as the other commands do. `rag serve`
     offers the same over HTTP at /mcp, with API keys.
