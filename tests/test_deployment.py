@@ -114,7 +114,7 @@ def _compose_environment(variables: dict[str, str] | None = None) -> dict[str, s
 
 
 def test_the_shared_storage_profile_sets_real_settings() -> None:
-    """With RAG_STORAGE_URI exported (README: shared storage) the replicas use minio."""
+    """With RAG_STORAGE_URI exported (docs/deployment.md: shared storage) the replicas use minio."""
     env = _compose_environment({"RAG_STORAGE_URI": "s3://rag/index"})
     storage = load_settings(ROOT / "config.toml", env=env).storage
     assert (storage.uri, storage.s3_endpoint, storage.s3_allow_http) == (

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rag.cli import admin, documents, evaluate
-from rag.cli.kit import cli_settings, emit_json, handle_errors, printable
+from rag.cli.main import admin, documents, evaluate
+from rag.cli.main.kit import cli_settings, emit_json, handle_errors, printable
 from rag.config import override
 from rag.errors import UsageError
 
@@ -162,7 +162,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 def mcp(ctx: click.Context) -> None:
     """Serve the documents to an AI assistant over MCP (Model Context Protocol) on stdio.
 
-    An assistant starts this command itself (see the README for its config) and calls the
+    An assistant starts this command itself (docs/http-api.md shows its config) and calls the
     tools search, ask, list_collections and list_documents; documents are resources
     rag://COLLECTION/SOURCE. Reads every collection, as the other commands do. `rag serve`
     offers the same over HTTP at /mcp, with API keys.
