@@ -1,3 +1,3 @@
-from rag.cli.main.main import main
+from rag.cli.main import main
 
 main()

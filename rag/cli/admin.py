@@ -1,6 +1,6 @@
 """The operator's `rag` commands: keys, plan, doctor, maintain, backup, restore, models, report.
 
-Registered on the `rag` group by rag.cli.main.main; heavy modules are imported inside each command.
+Registered on the `rag` group by rag.cli.main; heavy modules are imported inside each command.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from rag.cli.main.kit import cli_settings, emit_json, handle_errors, printable, say
+from rag.cli.kit import cli_settings, emit_json, handle_errors, printable, say
 
 
 @click.group()

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ingest.report import Progress
-from rag.cli.main.kit import cli_settings, emit_json, handle_errors, printable, say
+from rag.cli.kit import cli_settings, emit_json, handle_errors, printable, say
 from rag.config import Settings
 
 

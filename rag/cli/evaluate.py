@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from rag.cli.main.kit import cli_settings, emit_json, handle_errors
+from rag.cli.kit import cli_settings, emit_json, handle_errors
 from rag.config import Settings, override
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from rag.cli.main import admin, documents, evaluate
-from rag.cli.main.kit import cli_settings, emit_json, handle_errors, printable
+from rag.cli.kit import cli_settings, emit_json, handle_errors, printable
 from rag.config import override
 from rag.errors import UsageError
 
