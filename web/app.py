@@ -14,6 +14,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
+from rag import __version__
 from rag.config import Settings
 from web.api import ask, doctor, health, memory_plan, ready, search
 from web.auth import KeyRing, RateLimiter, check_caller, provide_caller
@@ -141,7 +142,7 @@ def create_app(settings: Settings) -> Litestar:
         after_request=refuse_html_errors,
         # The JSON document only: the interactive renderers load scripts from public CDNs.
         openapi_config=OpenAPIConfig(
-            title="rag", version="0.1.0", path="/schema", render_plugins=[JsonRenderPlugin()]
+            title="rag", version=__version__, path="/schema", render_plugins=[JsonRenderPlugin()]
         ),
         request_max_body_size=1_000_000,
         # An upload's files plus a few fields; past this the parser stops reading (413).

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from rag.cli.main import admin, documents, evaluate
+from rag import __version__
+from rag.cli import admin, documents, evaluate
 from rag.cli.kit import cli_settings, emit_json, handle_errors, printable
 from rag.config import override
 from rag.errors import UsageError
@@ -26,7 +27,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
     type=click.Path(dir_okay=False, path_type=Path),
     help="Config file (default: $RAG_CONFIG, else ~/.config/rag/config.toml).",
 )
-@click.version_option(package_name="rag")
+@click.version_option(__version__, prog_name="rag")
 @click.pass_context
 def main(ctx: click.Context, config_path: Path | None) -> None:
     """Private document Q&A: ingest documents, ask questions, get answers that cite pages.

@@ -4,10 +4,8 @@ refuses a table built with another embedding model or by an older version of rag
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rag.errors import StoreError
@@ -140,18 +138,3 @@ def to_passage(row: dict[str, Any], score: float) -> Passage:
         char_end=-1 if row["char_end"] is None else int(row["char_end"]),
         chunk_ids=(row["chunk_id"],),
     )
-
-
-def _replace_file(path: Path, text: str) -> None:
-    """Write `text` to `path` so that a crash leaves either the old or the new content."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

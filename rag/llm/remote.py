@@ -75,7 +75,7 @@ class OpenAIEngine:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # No read timeout: a long prefill sends nothing for a while; should_stop and the
         # service's deadline end a request, not a socket timer.
-        self._client = httpx.Client(
+        self.client = httpx.Client(
             headers=headers, timeout=httpx.Timeout(None, connect=connect_timeout_s)
         )
         self._idle: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
@@ -137,7 +137,7 @@ class OpenAIEngine:
         if stops:
             body["stop"] = list(stops)
         start = time.perf_counter()
-        events = _EventStream(self._client, f"{self.base_url}/completions", body)
+        events = _EventStream(self.client, f"{self.base_url}/completions", body)
         yield from self._text(events, prompt_ids, start, should_stop, stops)
 
     def _text(
@@ -228,7 +228,7 @@ class OpenAIEngine:
 
     def stop_batching(self) -> None:
         self._idle = contextlib.nullcontext
-        self._client.close()
+        self.client.close()
 
 
 class _EventStream:
@@ -320,7 +320,7 @@ def server_context_tokens(engine: OpenAIEngine) -> int | None:
 
     url = f"{engine.base_url}/models"
     try:
-        response = engine._client.get(url)
+        response = engine.client.get(url)
     except httpx.HTTPError as e:
         raise EngineError(
             f"cannot reach the generation server at {engine.base_url}: {e}. Start it, or fix "

@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rag import __version__
 from rag.accounts.apikeys import KEYS_FILE
 from rag.errors import NotFoundError, RagError, StoreError, UsageError
 from rag.index.location import DB_DIR, IndexLocation, local_location
@@ -135,7 +136,7 @@ def _copy_index(source: Path, location: IndexLocation, out: Path) -> dict[str, A
     name = tables.active_name()
     manifest: dict[str, Any] = {
         "format": FORMAT,
-        "rag_version": _rag_version(),
+        "rag_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": location.uri if location.remote else str(source),
         "table": name,
@@ -289,15 +290,6 @@ def _has_content(path: Path) -> bool:
 def _stored_model(schema: Any) -> tuple[str | None, int]:
     meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
     return meta.get("embedding_model"), int(meta.get("embedding_dim", "0"))
-
-
-def _rag_version() -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("rag")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _tree_bytes(root: Path) -> int:
