@@ -64,7 +64,7 @@ class _Job:
     args: tuple[Any, ...]
     label: str
     process: Any = None
-    conn: Connection | None = None
+    conn: Connection = field(init=False)  # the read end of its pipe, once started
     deadline: float = 0.0
 
 
@@ -85,7 +85,9 @@ def _main_module_hidden() -> Iterator[None]:
     if main is None:
         yield
         return
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    saved: dict[str, Any] = {
+        k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__
+    }
     main.__dict__.pop("__file__", None)
     main.__dict__["__spec__"] = None
     try:

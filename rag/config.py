@@ -36,7 +36,7 @@ class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """A config.toml section: keys with their types and defaults."""
 
 
-class StorageSettings(Section):
+class StorageSettings(Section, frozen=True):
     data_dir: str = "~/.local/share/rag"
     collection: str = "default"
     lock_wait_s: NonNegative = 600.0
@@ -59,7 +59,7 @@ class StorageSettings(Section):
         return bool(self.uri.strip())
 
 
-class EmbeddingSettings(Section):
+class EmbeddingSettings(Section, frozen=True):
     model: str = "bundled"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     batch_size: AtLeastOne = 32
@@ -71,12 +71,12 @@ class EmbeddingSettings(Section):
         return Path(self.cache_dir).expanduser()
 
 
-class ChunkingSettings(Section):
+class ChunkingSettings(Section, frozen=True):
     chunk_tokens: Annotated[int, Meta(ge=16)] = 180
     overlap_tokens: int = 30
 
 
-class IngestSettings(Section):
+class IngestSettings(Section, frozen=True):
     parse_timeout_s: Positive = 120.0
     parse_memory_mb: Annotated[int, Meta(ge=64)] = 2048
     max_file_mb: AtLeastOne = 256
@@ -90,7 +90,7 @@ class IngestSettings(Section):
     ray_gpus_per_actor: NonNegative = 0.0
 
 
-class RetrievalSettings(Section):
+class RetrievalSettings(Section, frozen=True):
     k: AtLeastOne = 4
     mode: Literal["hybrid", "vector", "keyword"] = "hybrid"
     candidates: AtLeastOne = 50
@@ -105,7 +105,7 @@ class RetrievalSettings(Section):
     vector_index_rows: Annotated[int, Meta(ge=0)] = 50000
 
 
-class LlmSettings(Section):
+class LlmSettings(Section, frozen=True):
     # "auto" picks mlx or llamacpp for this machine (rag.llm.load).
     engine: Literal["auto", "mlx", "llamacpp", "openai"] = "auto"
     model: str = "auto"
@@ -131,7 +131,7 @@ class LlmSettings(Section):
         return Path(self.cache_dir).expanduser()
 
 
-class ServerSettings(Section):
+class ServerSettings(Section, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=1, le=65535)] = 8000
     max_queue: AtLeastOne = 8
@@ -159,7 +159,7 @@ class ServerSettings(Section):
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
 
-class HardwareSettings(Section):
+class HardwareSettings(Section, frozen=True):
     memory_limit_gb: NonNegative = 0.0
     os_headroom_gb: NonNegative = 4.0
     memory_bandwidth_gb_s: NonNegative = 0.0
@@ -170,15 +170,15 @@ class HardwareSettings(Section):
         return Path(self.speed_cache_dir).expanduser()
 
 
-class DoctorSettings(Section):
+class DoctorSettings(Section, frozen=True):
     min_free_disk_gb: NonNegative = 5.0
 
 
-class MaintenanceSettings(Section):
+class MaintenanceSettings(Section, frozen=True):
     interval_h: NonNegative = 24.0
 
 
-class CostSettings(Section):
+class CostSettings(Section, frozen=True):
     currency: str = "USD"
     hardware_price: NonNegative = 0.0
     amortization_months: Positive = 36.0
@@ -188,7 +188,7 @@ class CostSettings(Section):
     cloud_output_per_mtok: NonNegative = 0.6
 
 
-class Settings(Section):
+class Settings(Section, frozen=True):
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     embedding: EmbeddingSettings = msgspec.field(default_factory=EmbeddingSettings)
     chunking: ChunkingSettings = msgspec.field(default_factory=ChunkingSettings)

@@ -120,9 +120,14 @@ class ForbiddenError(RagError):
 
 
 class RateLimitedError(RagError):
-    """The API key sent more requests than its rate allows."""
+    """The API key sent more requests than its rate allows; `retry_after_s` says when it
+    may send the next (the Retry-After header)."""
 
     http_status = 429
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class TooLargeError(RagError):

@@ -62,7 +62,7 @@ def _on_stop_signals(begin_shutdown: Callable[[], None]) -> Callable[[], None]:
 
     def handler(signum: int, frame: Any) -> None:
         begin_shutdown()
-        server_handler = previous[signum]
+        server_handler = previous[signal.Signals(signum)]
         if callable(server_handler):
             server_handler(signum, frame)
 

@@ -67,12 +67,12 @@ class RateLimiter:
         tokens, last = self._buckets.get(name, (float(self.per_min), now))
         tokens = min(float(self.per_min), tokens + (now - last) * self.per_min / 60)
         if tokens < 1:
-            error = RateLimitedError(
-                f"more than {self.per_min} requests a minute (server.rate_limit_per_min); slow down"
+            raise RateLimitedError(
+                f"more than {self.per_min} requests a minute (server.rate_limit_per_min); "
+                "slow down",
+                # Until the bucket holds a whole token again.
+                retry_after_s=(1 - tokens) * 60 / self.per_min,
             )
-            # Until the bucket holds a whole token again (sent as Retry-After).
-            error.retry_after_s = (1 - tokens) * 60 / self.per_min  # type: ignore[attr-defined]
-            raise error
         self._buckets[name] = (tokens - 1, now)
 
 

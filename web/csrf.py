@@ -41,7 +41,7 @@ class TokenCheck(CSRFMiddleware):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        method = scope["method"]
+        method = scope["method"]  # type: ignore[typeddict-item]  # an http scope has one
         if method in self.config.safe_methods:
             await super().__call__(scope, receive, send)  # hands out the cookie
             return

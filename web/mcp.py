@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from litestar import Litestar, Request, asgi
 from litestar.exceptions import MethodNotAllowedException
-from litestar.types import Message, Receive, Scope, Send
+from litestar.types import Receive, ReceiveMessage, Scope, Send
 from mcp.server.context import ServerRequestContext
 from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -113,6 +113,7 @@ class ServiceBackend:
 
 def _request_backend(ctx: ServerRequestContext[Any, Any]) -> Backend:
     """The backend of an HTTP request: its caller, set by the /mcp handler before dispatch."""
+    assert ctx.request is not None  # the HTTP transport hands every message its request
     scope = ctx.request.scope
     state = scope["litestar_app"].state
     return ServiceBackend(state.models, state.library, scope[_CALLER])
@@ -140,7 +141,7 @@ class McpEndpoint:
                 return
             request: Request[Any, Any, Any] = Request(scope)
             caller = await authenticate(request)  # a RagError here is the app's JSON error
-            if scope["method"] != "POST":
+            if scope["method"] != "POST":  # type: ignore[typeddict-item]  # http scope
                 # Stateless: no session to end (DELETE) and no stream of server messages
                 # (GET); the spec's answer for both is 405.
                 raise MethodNotAllowedException(
@@ -149,8 +150,8 @@ class McpEndpoint:
                 )
             body, receive = await _peek_body(receive)
             _admit(request.app, caller, body)
-            scope[_CALLER] = caller  # type: ignore[literal-required]
-            await sessions.handle_request(scope, receive, send)  # type: ignore[arg-type]
+            scope[_CALLER] = caller  # type: ignore[literal-required]  # our own scope key
+            await sessions.handle_request(scope, receive, send)  # type: ignore[arg-type]  # Litestar's ASGI types, Starlette's names
 
         self.route = mcp_endpoint
 
@@ -163,7 +164,7 @@ class McpEndpoint:
 async def _peek_body(receive: Receive) -> tuple[bytes | None, Receive]:
     """The request body (None past MAX_BODY_BYTES, for the SDK to refuse) and a receive
     that hands the same messages on."""
-    messages: list[Message] = []
+    messages: list[ReceiveMessage] = []
     size = 0
     while True:
         message = await receive()
@@ -175,12 +176,13 @@ async def _peek_body(receive: Receive) -> tuple[bytes | None, Receive]:
             break
     body = None
     if size <= MAX_BODY_BYTES:
-        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+        parts = [m.get("body", b"") for m in messages if m["type"] == "http.request"]
+        body = b"".join(p for p in parts if isinstance(p, bytes))
 
-    async def replay() -> Message:
+    async def replay() -> ReceiveMessage:
         return messages.pop(0) if messages else await receive()
 
-    return body, replay  # type: ignore[return-value]
+    return body, replay
 
 
 def _admit(app: Litestar, caller: Caller, body: bytes | None) -> None:

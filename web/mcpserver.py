@@ -339,7 +339,7 @@ def build_server(backend_for: BackendFor) -> Server[Any]:
                 code=_error_code(e), message=e.message, data={"type": type(e).__name__}
             ) from None
         # Two files ingested under one source name are two documents: one entry each.
-        contents = [
+        contents: list[types.TextResourceContents | types.BlobResourceContents] = [
             types.TextResourceContents(
                 uri=params.uri, mime_type="text/plain", text=document_text(list(group))
             )

@@ -13,6 +13,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from litestar import Request, get
 from litestar.response import Response
@@ -56,6 +57,6 @@ def load_page(path: Path = PAGE_PATH) -> Page:
 
 
 @get("/", include_in_schema=False)
-async def index(request: Request[object, object, object]) -> Response[bytes]:
+async def index(request: Request[Any, Any, Any]) -> Response[bytes]:
     page: Page = request.app.state.page
     return Response(page.body, media_type="text/html", headers=page.headers)

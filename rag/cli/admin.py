@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -269,7 +270,7 @@ def models_list(ctx: click.Context, as_json: bool) -> None:
     from rag.ops.pull import pulled_models
 
     cache_dir = cli_settings(ctx).llm.cache_path
-    rows = []
+    rows: list[dict[str, Any]] = []
     for model in PACKAGED_MODELS:
         installed = model.installed()
         path = model.joined_path(cache_dir) if installed else None

@@ -201,7 +201,7 @@ def docs_list(ctx: click.Context, collection: str | None, as_json: bool) -> None
     name = collection or settings.storage.collection
     store = open_index(settings.storage, None, 0)
     found = sorted(store.documents(name).values(), key=lambda d: d.source)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "source": d.source,
             "path": d.path,

@@ -135,8 +135,8 @@ def load_embedder(settings: EmbeddingSettings) -> Embedder:
         raise ModelLoadError(f"cannot load embedding model {path}: {e}") from e
     return Embedder(
         name=name,
-        dim=int(model.get_embedding_dimension()),
-        max_input_tokens=int(model.max_seq_length),
+        dim=int(model.get_embedding_dimension() or 0),
+        max_input_tokens=int(model.max_seq_length or 0),
         device=device,
         _model=model,
         _lock=threading.Lock(),

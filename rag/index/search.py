@@ -56,7 +56,7 @@ def bm25_search(
     columns = [*PASSAGE_COLUMNS, "_score", *(["vector"] if vector is not None else [])]
     try:
         rows = (
-            table.search(MatchQuery(query, "text"), query_type="fts")
+            table.search(MatchQuery(query, "text"), query_type="fts")  # type: ignore[call-arg]  # the other fields have defaults
             .where(col("collection") == lit(collection), prefilter=True)
             .select(columns)
             .limit(k)

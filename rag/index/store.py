@@ -267,6 +267,7 @@ class Store:
         ids = [doc.doc_id for doc in docs]
         with self.writer() as hold:
             table = self._table(create=True)
+            assert table is not None  # create=True makes it
             hold.check()
             try:
                 (

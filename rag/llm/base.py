@@ -359,11 +359,12 @@ def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
     except (TemplateError, ValueError):
         # A template that refuses this probe conversation leaves the model's EOS in charge.
         return None
+    assert isinstance(text, str)  # tokenize=False renders text
     tail = text[text.rindex(reply) + len(reply) :]
     special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
     for token_id in tokenizer.encode(tail, add_special_tokens=False):
         if token_id in special:
-            return tokenizer.convert_ids_to_tokens(token_id)
+            return str(tokenizer.convert_ids_to_tokens(token_id))
     return None
 
 

@@ -239,20 +239,22 @@ class Batcher:
             return
         prompt_responses, responses = generator.next()
         for p in prompt_responses:
-            request = running.get(p.uid)
-            prefix = request.store_prefix if request is not None else None
-            if prefix is not None and p.end_of_segment and p.progress[0] == len(prefix):
+            prefilled = running.get(p.uid)
+            prefix = prefilled.store_prefix if prefilled is not None else None
+            if prefilled is None or prefix is None:
+                continue
+            if p.end_of_segment and p.progress[0] == len(prefix):
                 cache, _tokens = generator.extract_cache([p.uid])[p.uid]
                 self.engine.prefixes.put(prefix, snapshot_cache(cache))
-                request.store_prefix = None  # type: ignore[union-attr]
+                prefilled.store_prefix = None
         for r in responses:
-            request = running.get(r.uid)
-            if request is None:
+            answering = running.get(r.uid)
+            if answering is None:
                 continue
             if r.finish_reason is not None:
-                request.peak_memory_bytes = mx.get_peak_memory()
+                answering.peak_memory_bytes = mx.get_peak_memory()
                 del running[r.uid]
-            request.push(Token(r.token, r.finish_reason))
+            answering.push(Token(r.token, r.finish_reason))
 
     def _insert(self, generator: Any, request: BatchRequest) -> int:
         from mlx_lm.sample_utils import make_sampler

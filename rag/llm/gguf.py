@@ -98,7 +98,7 @@ def load_gguf(
     loaded: dict[str, Any] = {}
     if any(t.ggml_type in KEPT_BITS for t in layout):
         try:
-            loaded = mx.load(str(path))
+            loaded = dict(mx.load(str(path)))  # type: ignore[arg-type]  # a dict for GGUF
         except (RuntimeError, ValueError) as e:
             raise ModelLoadError(f"cannot load {path.name}: {e}") from e
 
@@ -230,7 +230,8 @@ def _q6_k_affine(path: Path, tensor: GgufTensor, bits: int) -> tuple[Any, Any, A
     del raw
     if len(parts) == 1:
         return parts[0]
-    return tuple(mx.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+    weight, scales, biases = (mx.concatenate([p[i] for p in parts]) for i in range(3))
+    return weight, scales, biases
 
 
 def _quantization_config(layer_bits: dict[str, int]) -> dict[str, Any] | None:

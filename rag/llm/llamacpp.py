@@ -29,7 +29,7 @@ import ctypes
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +237,7 @@ class LlamaTokens(ThreadTokens):
 
     def _generate(
         self, prompt_ids: list[int], max_tokens: int, temperature: float
-    ) -> Iterator[TokenEvent]:
+    ) -> Generator[TokenEvent, None, None]:
         import numpy as np
 
         engine = self.engine

@@ -22,7 +22,7 @@ import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any
 
 from rag.llm.base import (
@@ -310,7 +310,7 @@ class ThreadTokens(ABC):
     @abstractmethod
     def _generate(
         self, prompt_ids: list[int], max_tokens: int, temperature: float
-    ) -> Iterator[TokenEvent]: ...
+    ) -> Generator[TokenEvent, None, None]: ...
 
     def next(self, timeout: float) -> TokenEvent | None:
         return next(self._tokens, Stopped())

@@ -25,7 +25,7 @@ runs the model on token ids; detokenizing and stop strings happen in the caller'
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,7 +151,7 @@ class LocalTokens(ThreadTokens):
 
     def _generate(
         self, prompt_ids: list[int], max_tokens: int, temperature: float
-    ) -> Iterator[TokenEvent]:
+    ) -> Generator[TokenEvent, None, None]:
         import mlx.core as mx
         from mlx_lm.generate import generate_step, generation_stream, wired_limit
         from mlx_lm.sample_utils import make_sampler
@@ -164,7 +164,7 @@ class LocalTokens(ThreadTokens):
                 raise Cancelled
 
         mx.reset_peak_memory()
-        with wired_limit(engine.model, [generation_stream]):
+        with wired_limit(engine.model, [generation_stream]):  # type: ignore[list-item]  # a Stream at run time
             cache, self.cached_tokens = engine.prompt_cache(prompt_ids)
             steps = generate_step(
                 mx.array(prompt_ids[self.cached_tokens :]),
@@ -183,7 +183,7 @@ class LocalTokens(ThreadTokens):
                     reason = "stop" if token in eos else "length" if n == max_tokens else None
                     if reason is not None:
                         self.peak_memory_bytes = mx.get_peak_memory()
-                    yield Token(token, reason)
+                    yield Token(int(token), reason)
                     if reason is not None:
                         return
             except Cancelled:
@@ -221,7 +221,7 @@ def _load_mlx(
     import mlx_lm
 
     try:
-        model, tokenizer, config = mlx_lm.load(
+        model, tokenizer, config = mlx_lm.load(  # type: ignore[misc]  # 3 with return_config
             str(path) if path.exists() else spec, return_config=True
         )
     except Exception as e:  # mlx-lm raises hub, file and shape errors of many types

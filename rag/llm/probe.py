@@ -216,7 +216,7 @@ def _probe_mlx(threads: int) -> MachineSpeed:
     model.set_dtype(mx.bfloat16)
     tune_model(model, threads)  # fp32 and split matmuls on the CPU; nothing elsewhere
     mx.eval(model.parameters())
-    weight_bytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    weight_bytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))  # type: ignore[union-attr,str-unpack]  # (name, array) pairs
     dtype = model.layers[0].scales.dtype
 
     def run(tokens: int, repeats: int) -> float:

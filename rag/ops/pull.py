@@ -350,7 +350,8 @@ def set_config_model(model: str, path: Path | None = None) -> Path:
         if at is None:
             lines.insert(header + 1, line)
         else:
-            lines[at] = line + (key.match(lines[at]).group(2) or "")  # type: ignore[union-attr]
+            kept = key.match(lines[at])
+            lines[at] = line + ((kept.group(2) if kept else None) or "")
     after = "\n".join(lines) + "\n"
     try:
         parsed = tomllib.loads(after).get("llm", {}).get("model")

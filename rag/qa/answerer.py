@@ -219,7 +219,7 @@ class Answerer:
         if markers and (rest := markers.flush()):
             yield Delta(rest)
         assert generation is not None  # Engine.stream always ends with a Generation
-        text, cited = generation.text.strip(), set()
+        text, cited = generation.text.strip(), set[int]()
         if kept:
             text, cited = clean_markers(text, len(kept))
         yield Answer(

@@ -54,12 +54,19 @@ STOP_WORDS = frozenset(_STOP_TEXT.split())
 
 
 class Source(Protocol):
-    """A passage or a citation: what a span is found in."""
+    """A passage or a citation: what a span is found in (read-only, as both are frozen)."""
 
-    source: str
-    page: int | None
-    chunk_id: str
-    text: str
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def page(self) -> int | None: ...
+
+    @property
+    def chunk_id(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
