@@ -26,6 +26,7 @@ import numpy as np
 from ingest.budget import TextBudget
 from ingest.chunker import MAX_CHARS_PER_TOKEN, Tokenizer, Window, iter_spans
 from ingest.discovery import Entry, Found, discover, located, open_regular
+from ingest.ocr import OcrOptions
 from ingest.parsers import ParsedDocument
 from ingest.report import IngestReport, Progress, ProgressMeter
 from ingest.worker import Limits, Outcome, ParsePool
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 # Part of every document's stored fingerprint: bump it when parsing or chunking changes so the
 # next ingest redoes files whose bytes did not change.
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
 # Texts per embed() call inside a flush: one progress update each, and a chance to start the
 # next parse while the model works.
 EMBED_SLICE_BATCHES = 4
@@ -66,9 +67,11 @@ def make_named_doc_id(collection: str, name: str) -> str:
     return hashlib.sha256(f"{collection}\0name\0{name}".encode()).hexdigest()[:24]
 
 
-def pipeline_fingerprint(window: Window) -> str:
-    """Stored with every chunk: a change of code or chunk sizes re-ingests unchanged files."""
-    return f"{PIPELINE_VERSION}/{window.budget}/{window.overlap}"
+def pipeline_fingerprint(window: Window, ocr: OcrOptions | None = None) -> str:
+    """Stored with every chunk: a change of code, chunk sizes or OCR settings re-ingests
+    unchanged files (turning OCR on must read the scans already indexed without it)."""
+    ocr = ocr or OcrOptions()
+    return f"{PIPELINE_VERSION}/{window.budget}/{window.overlap}/{ocr.mode}:{ocr.languages}"
 
 
 def make_chunks(
@@ -223,7 +226,13 @@ class IngestRun:
         self.store = store
         self.batch_size = batch_size
         self.window = Window.fit(embedder, chunking.chunk_tokens, chunking.overlap_tokens)
-        self.pipeline = pipeline_fingerprint(self.window)
+        ocr = OcrOptions(
+            settings.ocr,
+            settings.ocr_languages,
+            settings.ocr_seconds_per_page,
+            settings.ocr_max_pages,
+        )
+        self.pipeline = pipeline_fingerprint(self.window, ocr)
         self.stored = store.documents(collection)
         self.report = IngestReport()
         self.meter = ProgressMeter(None, 0)
@@ -241,7 +250,10 @@ class IngestRun:
                 settings.max_chunks_per_kib,
                 self.window.budget * MAX_CHARS_PER_TOKEN,
             ),
+            ocr=ocr,
         )
+        # Pages OCR'd so far by each file still being parsed (progress before its result).
+        self.ocr_running: dict[int, int] = {}
 
     def remove_gone(self, roots: list[Path], found: Found) -> None:
         """Remove the documents under `roots` that this run does not read: files gone,
@@ -273,7 +285,7 @@ class IngestRun:
             del self.stored[doc.doc_id]
 
     def ingest(self, files: list[Entry]) -> None:
-        with ParsePool(self.settings.parse_workers, self.limits) as pool:
+        with ParsePool(self.settings.parse_workers, self.limits, self.ocr_progress) as pool:
             for key, entry in enumerate(files):
                 if job := self.plan(key, entry):
                     pool.submit_file(key, job.target, job.path)
@@ -315,9 +327,18 @@ class IngestRun:
         self.jobs[key] = job
         return job
 
+    def ocr_progress(self, key: int, pages: int) -> None:
+        """A file being parsed goes on to OCR another page, `pages` read so far."""
+        job = self.jobs.get(key)
+        self.meter.ocr_pages += pages - self.ocr_running.get(key, 0)
+        self.ocr_running[key] = pages
+        self.meter.emit("ocr", job.source if job else "")
+
     def _take(self, pool: ParsePool, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
             job = self.jobs.pop(outcome.key)
+            # The file's result counts its OCR'd pages below, in accept().
+            self.meter.ocr_pages -= self.ocr_running.pop(outcome.key, 0)
             if outcome.failed:
                 self.parse_failed(job, outcome)
                 continue
@@ -358,13 +379,18 @@ class IngestRun:
         """Count a parsed file's pages; its chunks, or None (reported) when it has none."""
         self.report.pages += parsed.pages
         self.meter.pages += parsed.pages
+        self.report.ocr_pages += len(parsed.ocr_pages)
+        self.meter.ocr_pages += len(parsed.ocr_pages)
+        self.report.tables += parsed.tables
         if parsed.empty_pages:
             self.report.empty_pages.append({"path": job.source, "pages": parsed.empty_pages})
+        for error, pages in group_pages(parsed.ocr_failed).items():
+            self.report.ocr_failed.append({"path": job.source, "pages": pages, "error": error})
         if chunks:
             return chunks
         self.meter.work_done += job.size_bytes
-        scanned = " (scanned pages? they need OCR first)" if parsed.empty_pages else ""
-        self._failed(job.source, f"no extractable text{scanned}", "no_text")
+        # "ocr": scanned pages that OCR could not read (the message says why), else no_text.
+        self._failed(job.source, no_text_message(parsed), "ocr" if parsed.ocr_failed else "no_text")
         return None
 
     def _flush(self, pool: ParsePool) -> None:
@@ -428,6 +454,26 @@ class IngestRun:
         self.report.fail(source, message, reason)
         self.meter.files_done += 1
         self.meter.emit("parsing", source)
+
+
+def group_pages(failed: list[tuple[int, str]]) -> dict[str, list[int]]:
+    """Pages that failed OCR, by reason: one report line per reason, not per page."""
+    grouped: dict[str, list[int]] = {}
+    for page, why in failed:
+        grouped.setdefault(why, []).append(page)
+    return grouped
+
+
+def no_text_message(parsed: ParsedDocument) -> str:
+    """Why a file gave no text: with scanned pages, why OCR did not read them."""
+    if not parsed.empty_pages:
+        return "no extractable text"
+    reasons = sorted(group_pages(parsed.ocr_failed))
+    if reasons:
+        return f"no extractable text; its scanned pages could not be OCR'd: {reasons[0]}"
+    if parsed.ocr_pages:
+        return "no extractable text: OCR found no text on its scanned pages"
+    return 'no extractable text (scanned pages? set ingest.ocr = "auto" to OCR them)'
 
 
 def _size(path: Path) -> int:

@@ -42,6 +42,13 @@ class IngestReport:
     empty_pages: list[dict[str, Any]] = field(default_factory=list)
     # {"path", "reason"} for each of `skipped`: unsupported, hidden, link_outside, duplicate.
     skipped_reasons: list[dict[str, str]] = field(default_factory=list)
+    # PDF pages whose text was read by OCR (ingest.ocr), in files that were parsed.
+    ocr_pages: int = 0
+    # {"path", "pages": [n, ...], "error"}: scanned pages OCR could not read, and why
+    # (Tesseract missing, a language without data, out of time); the rest of the file stands.
+    ocr_failed: list[dict[str, Any]] = field(default_factory=list)
+    # PDF tables found; each is a Markdown section of its own (one chunk where it fits).
+    tables: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,11 +74,13 @@ class Progress:
     chunks: int
     current: str
     pages: int = 0
-    # "scanning", "parsing", "embedding", "writing", "optimizing", "reembedding" or "done".
+    # "scanning", "parsing", "ocr", "embedding", "writing", "optimizing", "reembedding"
+    # or "done".
     stage: str = ""
     elapsed_s: float = 0.0
     chunks_per_s: float = 0.0
     eta_s: float | None = None  # None until there is enough to estimate from
+    ocr_pages: int = 0  # PDF pages read by OCR so far
 
 
 class ProgressMeter:
@@ -87,6 +96,7 @@ class ProgressMeter:
         self.files_done = 0
         self.chunks = 0
         self.pages = 0
+        self.ocr_pages = 0
         # Work to do, in bytes of files to parse and embed (rows to re-embed for a rebuild):
         # all files' bytes at the start; unchanged files are taken off as they are found.
         self.work_total = 0
@@ -121,5 +131,6 @@ class ProgressMeter:
                 elapsed_s=round(elapsed, 3),
                 chunks_per_s=round(self.chunks / working, 2) if working > 0 else 0.0,
                 eta_s=None if eta is None else round(eta, 1),
+                ocr_pages=self.ocr_pages,
             )
         )

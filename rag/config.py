@@ -18,6 +18,8 @@ from typing import Any
 from rag.errors import ConfigError
 
 USER_CONFIG_PATH = Path("~/.config/rag/config.toml")
+# ingest.ocr: which PDF pages are OCR'd (ingest/ocr.py).
+OCR_MODES = ("auto", "off", "force")
 # llm.engine: "auto" picks mlx or llamacpp for this machine (rag.enginechoice).
 ENGINES = ("auto", "mlx", "llamacpp", "openai")
 
@@ -76,6 +78,10 @@ class IngestSettings:
     ray_actors: int = 0
     ray_cpus_per_actor: float = 1.0
     ray_gpus_per_actor: float = 0.0
+    ocr: str = "auto"
+    ocr_languages: str = "eng"
+    ocr_seconds_per_page: float = 30.0
+    ocr_max_pages: int = 1000
 
 
 @dataclass(frozen=True)
@@ -262,6 +268,7 @@ def validate(settings: Settings) -> None:
             "ingest.ray_actors must be >= 0 (0 = fill the cluster), ingest.ray_cpus_per_actor "
             "> 0 and ingest.ray_gpus_per_actor >= 0"
         )
+    _validate_ocr(ingest)
     if settings.storage.lock_wait_s < 0 or settings.storage.keep_versions_s < 0:
         raise ConfigError("storage.lock_wait_s and storage.keep_versions_s must be >= 0")
     _validate_storage_uri(settings.storage)
@@ -320,6 +327,21 @@ def validate(settings: Settings) -> None:
     if settings.maintenance.interval_h < 0:
         raise ConfigError(
             f"maintenance.interval_h = {settings.maintenance.interval_h}: must be >= 0"
+        )
+
+
+def _validate_ocr(ingest: IngestSettings) -> None:
+    if ingest.ocr not in OCR_MODES:
+        raise ConfigError(f"ingest.ocr = {ingest.ocr!r}: use {', '.join(OCR_MODES)}")
+    languages = ingest.ocr_languages.split("+")
+    if not all(lang and lang.replace("_", "").isalnum() for lang in languages):
+        raise ConfigError(
+            f"ingest.ocr_languages = {ingest.ocr_languages!r}: Tesseract language codes "
+            'joined by "+", e.g. "eng" or "eng+deu"'
+        )
+    if ingest.ocr_seconds_per_page <= 0 or ingest.ocr_max_pages < 1:
+        raise ConfigError(
+            "ingest.ocr_seconds_per_page must be > 0 and ingest.ocr_max_pages at least 1"
         )
 
 

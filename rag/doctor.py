@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rag.config import EmbeddingSettings, LlmSettings, ServerSettings, Settings
+from rag.config import EmbeddingSettings, IngestSettings, LlmSettings, ServerSettings, Settings
 from rag.errors import RagError
 from rag.hardware import GIB
 from rag.planner import format_bytes
+from rag.tesseract import find_tesseract, problem
 
 if TYPE_CHECKING:
     from rag.packaged import PackagedModel
@@ -75,6 +76,7 @@ def run_checks(settings: Settings) -> list[Check]:
         ("generation server", lambda: check_generation_server(settings.llm)),
         ("disk", lambda: [check_disk(settings)]),
         ("embedding model", lambda: [check_embedding_model(settings.embedding)]),
+        ("ocr", lambda: [check_ocr(settings.ingest)]),
         ("llm model", lambda: [check_llm_model(chosen_model(settings).llm)]),
         ("index", lambda: check_index(settings)),
         ("port", lambda: [check_port(settings.server)]),
@@ -483,6 +485,24 @@ def configured_embedding(settings: EmbeddingSettings) -> tuple[str, int]:
         # The int8 file is the bundled MiniLM: the same vector size under another name.
         return MODEL_NAME, embedding_dim(path)
     return name, embedding_dim(path)
+
+
+def check_ocr(settings: IngestSettings) -> Check:
+    """Tesseract for scanned PDF pages: a warning, not a failure, since text PDFs need none."""
+    name = "ocr"
+    if settings.ocr == "off":
+        return Check(name, OK, 'off (ingest.ocr = "off"): scanned PDF pages are not read')
+    found = find_tesseract()
+    what, fix = problem(found, settings.ocr_languages)
+    if found is None or what:
+        where = f"ingest.ocr_languages = {settings.ocr_languages!r}: " if found else ""
+        return Check(name, WARN, f"scanned PDF pages will not be read: {where}{what}", fix)
+    return Check(
+        name,
+        OK,
+        f"{found.version} at {found.path}, languages {settings.ocr_languages} "
+        f"(ingest.ocr = {settings.ocr})",
+    )
 
 
 def check_port(settings: ServerSettings) -> Check:
