@@ -33,6 +33,8 @@ SCAN_MAX_CHARS = 40
 SCAN_MIN_IMAGE_SHARE = 0.6
 # Seconds kept back from a page's OCR so the file's result still reaches the parent in time.
 RESULT_MARGIN_S = 2.0
+# A page left less time than this is not started: no page of text is read that fast.
+MIN_PAGE_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,12 @@ def ocr_pages(document: Any, pages: list[int], options: OcrOptions, name: str) -
             break
         deadline.extend(options.seconds_per_page, len(result.texts))
         budget_s = deadline.left_s() - RESULT_MARGIN_S
+        if math.isinf(budget_s):  # not in a parse process: each page gets its own share
+            budget_s = options.seconds_per_page
+        if budget_s < MIN_PAGE_S:
+            out = "the file's time ran out (ingest.parse_timeout_s, ingest.ocr_seconds_per_page)"
+            result.failed.append((page, out))
+            continue
         label = f"{name}: page {page}"
         try:
             image = render_page(document[page - 1])

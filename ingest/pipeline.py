@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ingest.budget import TextBudget
-from ingest.chunker import MAX_CHARS_PER_TOKEN, Tokenizer, Window, iter_spans
+from ingest.chunker import MAX_CHARS_PER_TOKEN, Tokenizer, Window, iter_spans, table_pieces
 from ingest.discovery import Entry, Found, discover, located, open_regular
 from ingest.ocr import OcrOptions
 from ingest.parsers import ParsedDocument
-from ingest.report import IngestReport, Progress, ProgressMeter
+from ingest.report import IngestReport, Progress, ProgressMeter, no_text_message
 from ingest.worker import Limits, Outcome, ParsePool
 from rag.chunkrows import DocumentWrite
 from rag.config import ChunkingSettings, IngestSettings
@@ -87,10 +87,9 @@ def make_chunks(
     for section in sections:
         if limit is not None and len(chunks) > limit:
             break
-        for span in iter_spans(section.text, tokenizer, window):
+        for text, char_start, char_end in _pieces(section, tokenizer, window):
             if limit is not None and len(chunks) > limit:
                 break
-            text = section.text[span.char_start : span.char_end]
             if not text.strip():
                 continue
             index = len(chunks)
@@ -103,12 +102,26 @@ def make_chunks(
                     page=section.page,
                     heading=section.heading,
                     text=text,
-                    char_start=section.char_start + span.char_start,
-                    char_end=section.char_start + span.char_end,
+                    char_start=section.char_start + char_start,
+                    char_end=section.char_start + char_end,
                     index=index,
                 )
             )
     return chunks
+
+
+def _pieces(
+    section: Section, tokenizer: Tokenizer, window: Window
+) -> Iterator[tuple[str, int, int]]:
+    """(text, char_start, char_end) of each chunk of `section`: windows of its text, or for
+    a table too long for one window, groups of rows each under the table's head."""
+    if section.text.lstrip().startswith(("|", "Table: ")):
+        table = table_pieces(section.text, tokenizer, window)
+        if table is not None:
+            yield from table
+            return
+    for span in iter_spans(section.text, tokenizer, window):
+        yield section.text[span.char_start : span.char_end], span.char_start, span.char_end
 
 
 def embed_sorted(
@@ -384,13 +397,13 @@ class IngestRun:
         self.report.tables += parsed.tables
         if parsed.empty_pages:
             self.report.empty_pages.append({"path": job.source, "pages": parsed.empty_pages})
-        for error, pages in group_pages(parsed.ocr_failed).items():
-            self.report.ocr_failed.append({"path": job.source, "pages": pages, "error": error})
+        self.report.unread(job.source, parsed.ocr_failed)
         if chunks:
             return chunks
         self.meter.work_done += job.size_bytes
         # "ocr": scanned pages that OCR could not read (the message says why), else no_text.
-        self._failed(job.source, no_text_message(parsed), "ocr" if parsed.ocr_failed else "no_text")
+        message = no_text_message(parsed.empty_pages, parsed.ocr_pages, parsed.ocr_failed)
+        self._failed(job.source, message, "ocr" if parsed.ocr_failed else "no_text")
         return None
 
     def _flush(self, pool: ParsePool) -> None:
@@ -454,26 +467,6 @@ class IngestRun:
         self.report.fail(source, message, reason)
         self.meter.files_done += 1
         self.meter.emit("parsing", source)
-
-
-def group_pages(failed: list[tuple[int, str]]) -> dict[str, list[int]]:
-    """Pages that failed OCR, by reason: one report line per reason, not per page."""
-    grouped: dict[str, list[int]] = {}
-    for page, why in failed:
-        grouped.setdefault(why, []).append(page)
-    return grouped
-
-
-def no_text_message(parsed: ParsedDocument) -> str:
-    """Why a file gave no text: with scanned pages, why OCR did not read them."""
-    if not parsed.empty_pages:
-        return "no extractable text"
-    reasons = sorted(group_pages(parsed.ocr_failed))
-    if reasons:
-        return f"no extractable text; its scanned pages could not be OCR'd: {reasons[0]}"
-    if parsed.ocr_pages:
-        return "no extractable text: OCR found no text on its scanned pages"
-    return 'no extractable text (scanned pages? set ingest.ocr = "auto" to OCR them)'
 
 
 def _size(path: Path) -> int:

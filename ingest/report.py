@@ -62,9 +62,36 @@ class IngestReport:
         kinds = ", ".join(f"{n} {SKIP_WORDS.get(r, r)}" for r, n in counts.most_common())
         return f"skipped {len(self.skipped)}: {kinds} (--json lists them)"
 
+    def unread(self, path: str, failed: list[tuple[int, str]]) -> None:
+        """Note a file's scanned pages that OCR could not read: one entry per reason."""
+        for error, pages in group_pages(failed).items():
+            self.ocr_failed.append({"path": path, "pages": pages, "error": error})
+
     def skip(self, path: str, reason: str) -> None:
         self.skipped.append(path)
         self.skipped_reasons.append({"path": path, "reason": reason})
+
+
+def group_pages(failed: list[tuple[int, str]]) -> dict[str, list[int]]:
+    """Pages that failed OCR, by reason: one report line per reason, not per page."""
+    grouped: dict[str, list[int]] = {}
+    for page, why in failed:
+        grouped.setdefault(why, []).append(page)
+    return grouped
+
+
+def no_text_message(
+    empty_pages: list[int], ocr_pages: list[int], ocr_failed: list[tuple[int, str]]
+) -> str:
+    """Why a file gave no text: with scanned pages, why OCR did not read them."""
+    if not empty_pages:
+        return "no extractable text"
+    reasons = sorted(group_pages(ocr_failed))
+    if reasons:
+        return f"no extractable text; its scanned pages could not be OCR'd: {reasons[0]}"
+    if ocr_pages:
+        return "no extractable text: OCR found no text on its scanned pages"
+    return 'no extractable text (scanned pages? set ingest.ocr = "auto" to OCR them)'
 
 
 @dataclass(frozen=True, slots=True)

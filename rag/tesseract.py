@@ -93,7 +93,7 @@ def read_image(
             command, input=image, capture_output=True, timeout=max(timeout_s, 0.1), env=env
         )
     except subprocess.TimeoutExpired as e:
-        raise ParseError(f"{name}: OCR took over {timeout_s:.0f}s", "timeout") from e
+        raise ParseError(f"{name}: OCR took over {timeout_s:.1f}s", "timeout") from e
     except OSError as e:
         raise ParseError(f"{name}: tesseract could not start ({e})", "ocr") from e
     if done.returncode != 0:
