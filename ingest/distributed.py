@@ -291,7 +291,7 @@ class _RayIngest:
         run.meter.chunks += len(chunks)
         run.meter.work_done += job.size_bytes
         run.meter.emit("embedding", job.source)
-        self.done.append(ParsedFile(job, chunks, parsed.doc_hash))
+        self.done.append(ParsedFile(job, chunks, parsed.doc_hash, bool(parsed.ocr_failed)))
         self.vectors.append(vectors)
         if sum(len(d.chunks) for d in self.done) >= run.settings.flush_chunks:
             self._flush()

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 # Part of every document's stored fingerprint: bump it when parsing or chunking changes so the
 # next ingest redoes files whose bytes did not change.
 PIPELINE_VERSION = "3"
+# Appended to the fingerprint of a document whose scanned pages were not all OCR'd.
+INCOMPLETE = "/ocr-incomplete"
 # Texts per embed() call inside a flush: one progress update each, and a chance to start the
 # next parse while the model works.
 EMBED_SLICE_BATCHES = 4
@@ -160,6 +162,9 @@ class ParsedFile:
     job: FileJob
     chunks: list[Chunk]
     doc_hash: str
+    # Scanned pages OCR could not read: the document is stored under a fingerprint the next
+    # ingest does not match, so it tries them again (after Tesseract is installed, say).
+    incomplete: bool = False
 
 
 def run_ingest(
@@ -361,7 +366,7 @@ class IngestRun:
                 continue
             if self.accept(job, parsed, chunks) is None:
                 continue
-            self.pending.append(ParsedFile(job, chunks, parsed.doc_hash))
+            self.pending.append(ParsedFile(job, chunks, parsed.doc_hash, bool(parsed.ocr_failed)))
             self.meter.emit("parsing", job.source)
             if sum(len(p.chunks) for p in self.pending) >= self.settings.flush_chunks:
                 self._flush(pool)
@@ -438,7 +443,7 @@ class IngestRun:
                 DocumentWrite(
                     d.job.doc_id,
                     d.doc_hash,
-                    self.pipeline,
+                    self.pipeline + (INCOMPLETE if d.incomplete else ""),
                     str(d.job.location),
                     d.chunks,
                     vectors[offset : offset + count],

@@ -28,7 +28,7 @@ from rag.errors import ConfigError
 from rag.pdfwrite import write_pdf
 from rag.records import Passage
 from rag.retrieval import Retriever
-from rag.store import Store
+from rag.store import Store, open_store
 
 from .conftest import RAG, ROOT, rag_env
 from .corpus import debian_document
@@ -143,7 +143,7 @@ def test_a_few_characters_over_a_page_image_are_a_stamp_and_the_page_is_ocr_read
 
 
 def test_without_tesseract_scans_are_reported_per_file_and_page_not_crashed(
-    scan: Scan, tmp_path: Path
+    scan: Scan, tmp_path: Path, embedder: Embedder
 ) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -173,6 +173,14 @@ def test_without_tesseract_scans_are_reported_per_file_and_page_not_crashed(
     unread = {Path(e["path"]).name: e for e in report["ocr_failed"]}
     assert unread["mixed.pdf"]["pages"] == [1] and unread["scan.pdf"]["pages"] == [1, 2, 3, 4]
     assert "apt-get install tesseract-ocr" in unread["mixed.pdf"]["error"]
+    # With Tesseract back, the next ingest reads the page it missed, though the bytes are
+    # the same; after that the file is unchanged.
+    store = open_store(tmp_path / "data", embedder.name, embedder.dim)
+    chunking = load_settings(ROOT / "config.toml", env={}).chunking
+    again = [run_ingest([docs / "mixed.pdf"], collection="default", chunking=chunking,
+                        embedder=embedder, store=store) for _ in range(2)]  # fmt: skip
+    assert (again[0].updated, again[0].ocr_pages, again[0].ocr_failed) == (1, 1, [])
+    assert again[1].unchanged == 1
 
 
 def test_the_doctor_warns_when_tesseract_or_a_language_is_missing(
