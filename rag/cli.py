@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from rag import admin
-from rag.clikit import cli_settings, emit_json, handle_errors, printable, say
+from rag.clikit import cli_settings, emit_json, handle_errors, page_ranges, printable, say
 from rag.config import Settings, override
 from rag.errors import UsageError
 
@@ -210,11 +210,11 @@ def _ingest(
             where, error = printable(failure["path"]), printable(failure["error"])
             click.echo(f"  failed ({failure['reason']}): {where}: {error}", err=True)
         for scan in report.empty_pages:
-            pages = ", ".join(map(str, scan["pages"]))
+            pages = page_ranges(scan["pages"])
             where = printable(scan["path"])
             click.echo(f"  no text on page(s) {pages} of {where}", err=True)
         for unread in report.ocr_failed:
-            pages = ", ".join(map(str, unread["pages"]))
+            pages = page_ranges(unread["pages"])
             where, error = printable(unread["path"]), printable(unread["error"])
             click.echo(f"  not OCR'd: page(s) {pages} of {where}: {error}", err=True)
         if report.skipped:
