@@ -4,7 +4,7 @@ Tesseract is a program, not a Python package: Debian/Ubuntu `apt-get install tes
 (English data comes with it; other languages are `tesseract-ocr-<lang>` packages), macOS
 `brew install tesseract tesseract-lang`. `rag doctor` checks it; ingest says per file when a
 scan could not be read for want of it. It was chosen over RapidOCR (ONNX models inside the
-wheel) by `python bench/ocr.py`: see the README's "Scanned PDFs" for the numbers.
+wheel) by `python bench/ocr.py`: the README's "Scanned PDFs and tables" has the numbers.
 """
 
 from __future__ import annotations
