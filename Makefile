@@ -58,13 +58,18 @@ demo: install
 	$(BIN)/rag ingest samples/
 	$(BIN)/rag serve
 
-# Programs the tests drive, from Debian's packages of the same names: Chromium (the browser tests), nginx and
-# Prometheus (the deployment test), docker-compose (the compose schema check). Installed when
-# missing (root on Linux); elsewhere those tests say what to install and skip.
-TEST_TOOLS := chromium nginx prometheus docker-compose
+# Programs the tests drive, as PROGRAM:DEBIAN-PACKAGES (comma-separated): Chromium (the
+# browser tests), nginx and Prometheus (the deployment test), docker-compose (the compose
+# schema check), Tesseract with its English data (OCR of scanned PDFs, also a run-time need:
+# see the README), pdftoppm and img2pdf (the tests make scanned PDFs from real ones).
+# Installed when missing (root on Linux); elsewhere those tests say what to install and skip.
+TEST_TOOLS := chromium:chromium nginx:nginx prometheus:prometheus \
+  docker-compose:docker-compose tesseract:tesseract-ocr,tesseract-ocr-eng \
+  pdftoppm:poppler-utils img2pdf:img2pdf
 test-tools:
-	@missing=""; for tool in $(TEST_TOOLS); do \
-	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \
+	@missing=""; for entry in $(TEST_TOOLS); do \
+	  tool=$${entry%%:*}; packages=$$(echo $${entry#*:} | tr , ' '); \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$packages"; \
 	done; \
 	if [ -n "$$missing" ] && [ "$$(uname -s)" = Linux ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

@@ -9,6 +9,7 @@ never cross a section: pages and headings are section boundaries.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +26,8 @@ ALIGN_SLACK_TOKENS = 8
 # Latin and CJK (full-width) sentence punctuation.
 _SENTENCE_END = frozenset(".!?;:\u3002\uff01\uff1f\uff1b\uff1a")
 _PARAGRAPH, _LINE, _SENTENCE, _WORD, _INSIDE_WORD = 4, 3, 2, 1, 0
+# A Markdown table's rule under its header: | --- | :--: | ...
+_TABLE_RULE = re.compile(r"^\|?(\s*:?-{3,}:?\s*\|)+\s*:?-*:?\s*$")
 
 
 class Tokenizer(Protocol):
@@ -68,6 +71,56 @@ class Window:
     def min_fill(self) -> int:
         # Half a window at least, and always past the overlap so every window adds text.
         return min(self.budget, max(self.overlap + 1, self.budget // 2))
+
+
+def table_pieces(
+    text: str, tokenizer: Tokenizer, window: Window
+) -> list[tuple[str, int, int]] | None:
+    """A Markdown table too long for one window, as pieces of whole rows that each repeat
+    the table's head (caption, header, rule), so every cell keeps its column's name.
+
+    Returns (piece text, char_start, char_end) per piece, the offsets those of its rows in
+    `text` (the first piece's start at the head); None when `text` is not one table
+    (optionally after a caption line) or fits one window, and normal windows apply.
+    """
+    lines = text.split("\n")
+    rule = next((i for i, line in enumerate(lines) if _TABLE_RULE.match(line.strip())), -1)
+    if rule < 1 or not lines[rule - 1].lstrip().startswith("|"):
+        return None
+    rows_start = sum(len(line) + 1 for line in lines[: rule + 1])
+    body = lines[rule + 1 :]
+    if not body or not all(line.lstrip().startswith("|") for line in body if line.strip()):
+        return None
+    specials = tokenizer.count_tokens("")
+    if tokenizer.count_tokens(text) - specials <= window.budget:
+        return None
+    head = text[:rows_start]
+
+    def fits(start: int, end: int) -> bool:
+        piece = head + text[start:end].rstrip("\n")
+        return tokenizer.count_tokens(piece) - specials <= window.budget
+
+    pieces: list[tuple[str, int, int]] = []
+    start = end = rows_start  # the rows of the piece being filled: text[start:end]
+    for line in body:
+        line_end = min(end + len(line) + 1, len(text))
+        if end > start and not fits(start, line_end):
+            pieces.append(_piece(text, head, start, end, rows_start))
+            start = end
+        end = line_end
+    if end > start:
+        pieces.append(_piece(text, head, start, end, rows_start))
+    # A row too long to share a window with the head: ordinary windows, head or not.
+    if any(tokenizer.count_tokens(t) - specials > window.budget for t, _, _ in pieces):
+        return None
+    return pieces
+
+
+def _piece(text: str, head: str, start: int, end: int, rows_start: int) -> tuple[str, int, int]:
+    rows = text[start:end].rstrip("\n")
+    if start == rows_start:
+        return text[: start + len(rows)], 0, start + len(rows)
+    return head + rows, start, start + len(rows)
 
 
 def split_text(text: str, tokenizer: Tokenizer, window: Window) -> list[Span]:

@@ -164,7 +164,7 @@ class IngestWorker:
     def process(self, key: int, path: str, data: bytes, doc_id: str, source: str) -> Outcome:
         """The file's outcome: (parsed without its sections, chunks, vectors), or a failure."""
         try:
-            args = (Path(path), data, self.limits.budget)
+            args = (Path(path), data, self.limits.budget, self.limits.ocr)
             parsed: ParsedDocument = run_isolated(parse_bytes, args, self.limits)
         except ParseError as e:
             return Outcome(key, None, e.reason, e.message)
@@ -291,7 +291,7 @@ class _RayIngest:
         run.meter.chunks += len(chunks)
         run.meter.work_done += job.size_bytes
         run.meter.emit("embedding", job.source)
-        self.done.append(ParsedFile(job, chunks, parsed.doc_hash))
+        self.done.append(ParsedFile(job, chunks, parsed.doc_hash, bool(parsed.ocr_failed)))
         self.vectors.append(vectors)
         if sum(len(d.chunks) for d in self.done) >= run.settings.flush_chunks:
             self._flush()

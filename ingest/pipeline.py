@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ingest.budget import TextBudget
-from ingest.chunker import MAX_CHARS_PER_TOKEN, Tokenizer, Window, iter_spans
+from ingest.chunker import MAX_CHARS_PER_TOKEN, Tokenizer, Window, iter_spans, table_pieces
 from ingest.discovery import Entry, Found, located, open_regular, size_bytes
+from ingest.ocr import OcrOptions
 from ingest.parsers import ParsedDocument
-from ingest.report import IngestReport, ProgressMeter
+from ingest.report import IngestReport, ProgressMeter, no_text_message
 from ingest.worker import Limits, Outcome, ParsePool
 from rag.config import ChunkingSettings, IngestSettings
 from rag.embed.embedder import Embedder
@@ -36,7 +37,9 @@ from rag.records import Chunk, Section
 
 # Part of every document's stored fingerprint: bump it when parsing or chunking changes so the
 # next ingest redoes files whose bytes did not change.
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
+# Appended to the fingerprint of a document whose scanned pages were not all OCR'd.
+INCOMPLETE = "/ocr-incomplete"
 # Texts per embed() call inside a flush: one progress update each, and a chance to start the
 # next parse while the model works.
 EMBED_SLICE_BATCHES = 4
@@ -59,9 +62,11 @@ def make_named_doc_id(collection: str, name: str) -> str:
     return hashlib.sha256(f"{collection}\0name\0{name}".encode()).hexdigest()[:24]
 
 
-def pipeline_fingerprint(window: Window) -> str:
-    """Stored with every chunk: a change of code or chunk sizes re-ingests unchanged files."""
-    return f"{PIPELINE_VERSION}/{window.budget}/{window.overlap}"
+def pipeline_fingerprint(window: Window, ocr: OcrOptions | None = None) -> str:
+    """Stored with every chunk: a change of code, chunk sizes or OCR settings re-ingests
+    unchanged files (turning OCR on must read the scans already indexed without it)."""
+    ocr = ocr or OcrOptions()
+    return f"{PIPELINE_VERSION}/{window.budget}/{window.overlap}/{ocr.mode}:{ocr.languages}"
 
 
 def make_chunks(
@@ -77,10 +82,9 @@ def make_chunks(
     for section in sections:
         if limit is not None and len(chunks) > limit:
             break
-        for span in iter_spans(section.text, tokenizer, window):
+        for text, char_start, char_end in _pieces(section, tokenizer, window):
             if limit is not None and len(chunks) > limit:
                 break
-            text = section.text[span.char_start : span.char_end]
             if not text.strip():
                 continue
             index = len(chunks)
@@ -93,12 +97,26 @@ def make_chunks(
                     page=section.page,
                     heading=section.heading,
                     text=text,
-                    char_start=section.char_start + span.char_start,
-                    char_end=section.char_start + span.char_end,
+                    char_start=section.char_start + char_start,
+                    char_end=section.char_start + char_end,
                     index=index,
                 )
             )
     return chunks
+
+
+def _pieces(
+    section: Section, tokenizer: Tokenizer, window: Window
+) -> Iterator[tuple[str, int, int]]:
+    """(text, char_start, char_end) of each chunk of `section`: windows of its text, or for
+    a table too long for one window, groups of rows each under the table's head."""
+    if section.text.lstrip().startswith(("|", "Table: ")):
+        table = table_pieces(section.text, tokenizer, window)
+        if table is not None:
+            yield from table
+            return
+    for span in iter_spans(section.text, tokenizer, window):
+        yield section.text[span.char_start : span.char_end], span.char_start, span.char_end
 
 
 def embed_sorted(
@@ -137,6 +155,9 @@ class ParsedFile:
     job: FileJob
     chunks: list[Chunk]
     doc_hash: str
+    # Scanned pages OCR could not read: the document is stored under a fingerprint the next
+    # ingest does not match, so it tries them again (after Tesseract is installed, say).
+    incomplete: bool = False
 
 
 class IngestRun:
@@ -165,7 +186,13 @@ class IngestRun:
         self.store = store
         self.batch_size = batch_size
         self.window = Window.fit(embedder, chunking.chunk_tokens, chunking.overlap_tokens)
-        self.pipeline = pipeline_fingerprint(self.window)
+        ocr = OcrOptions(
+            settings.ocr,
+            settings.ocr_languages,
+            settings.ocr_seconds_per_page,
+            settings.ocr_max_pages,
+        )
+        self.pipeline = pipeline_fingerprint(self.window, ocr)
         self.stored = store.documents(collection)
         self.report = report
         self.meter = meter
@@ -183,7 +210,10 @@ class IngestRun:
                 settings.max_chunks_per_kib,
                 self.window.budget * MAX_CHARS_PER_TOKEN,
             ),
+            ocr=ocr,
         )
+        # Pages OCR'd so far by each file still being parsed (progress before its result).
+        self.ocr_running: dict[int, int] = {}
 
     def remove_gone(self, roots: list[Path], found: Found) -> None:
         """Remove the documents under `roots` that this run does not read: files gone,
@@ -215,7 +245,7 @@ class IngestRun:
             del self.stored[doc.doc_id]
 
     def ingest(self, files: list[Entry]) -> None:
-        with ParsePool(self.settings.parse_workers, self.limits) as pool:
+        with ParsePool(self.settings.parse_workers, self.limits, self.ocr_progress) as pool:
             for key, entry in enumerate(files):
                 if job := self.plan(key, entry):
                     pool.submit_file(key, job.target, job.path)
@@ -257,9 +287,18 @@ class IngestRun:
         self.jobs[key] = job
         return job
 
+    def ocr_progress(self, key: int, pages: int) -> None:
+        """A file being parsed goes on to OCR another page, `pages` read so far."""
+        job = self.jobs.get(key)
+        self.meter.ocr_pages += pages - self.ocr_running.get(key, 0)
+        self.ocr_running[key] = pages
+        self.meter.emit("ocr", job.source if job else "")
+
     def _take(self, pool: ParsePool, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
             job = self.jobs.pop(outcome.key)
+            # The file's result counts its OCR'd pages below, in accept().
+            self.meter.ocr_pages -= self.ocr_running.pop(outcome.key, 0)
             if outcome.failed:
                 self.parse_failed(job, outcome)
                 continue
@@ -269,7 +308,7 @@ class IngestRun:
                 continue
             if self.accept(job, parsed, chunks) is None:
                 continue
-            self.pending.append(ParsedFile(job, chunks, parsed.doc_hash))
+            self.pending.append(ParsedFile(job, chunks, parsed.doc_hash, bool(parsed.ocr_failed)))
             self.meter.emit("parsing", job.source)
             if sum(len(p.chunks) for p in self.pending) >= self.settings.flush_chunks:
                 self._flush(pool)
@@ -300,13 +339,18 @@ class IngestRun:
         """Count a parsed file's pages; its chunks, or None (reported) when it has none."""
         self.report.pages += parsed.pages
         self.meter.pages += parsed.pages
+        self.report.ocr_pages += len(parsed.ocr_pages)
+        self.meter.ocr_pages += len(parsed.ocr_pages)
+        self.report.tables += parsed.tables
         if parsed.empty_pages:
             self.report.empty_pages.append({"path": job.source, "pages": parsed.empty_pages})
+        self.report.unread(job.source, parsed.ocr_failed)
         if chunks:
             return chunks
         self.meter.work_done += job.size_bytes
-        scanned = " (scanned pages? they need OCR first)" if parsed.empty_pages else ""
-        self._failed(job.source, f"no extractable text{scanned}", "no_text")
+        # "ocr": scanned pages that OCR could not read (the message says why), else no_text.
+        message = no_text_message(parsed.empty_pages, parsed.ocr_pages, parsed.ocr_failed)
+        self._failed(job.source, message, "ocr" if parsed.ocr_failed else "no_text")
         return None
 
     def _flush(self, pool: ParsePool) -> None:
@@ -341,7 +385,7 @@ class IngestRun:
                 DocumentWrite(
                     d.job.doc_id,
                     d.doc_hash,
-                    self.pipeline,
+                    self.pipeline + (INCOMPLETE if d.incomplete else ""),
                     str(d.job.location),
                     d.chunks,
                     vectors[offset : offset + count],

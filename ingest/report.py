@@ -42,6 +42,13 @@ class IngestReport:
     empty_pages: list[dict[str, Any]] = field(default_factory=list)
     # {"path", "reason"} for each of `skipped`: unsupported, hidden, link_outside, duplicate.
     skipped_reasons: list[dict[str, str]] = field(default_factory=list)
+    # PDF pages whose text was read by OCR (ingest.ocr), in files that were parsed.
+    ocr_pages: int = 0
+    # {"path", "pages": [n, ...], "error"}: scanned pages OCR could not read, and why
+    # (Tesseract missing, a language without data, out of time); the rest of the file stands.
+    ocr_failed: list[dict[str, Any]] = field(default_factory=list)
+    # PDF tables found; each is a Markdown section of its own (one chunk where it fits).
+    tables: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,9 +62,36 @@ class IngestReport:
         kinds = ", ".join(f"{n} {SKIP_WORDS.get(r, r)}" for r, n in counts.most_common())
         return f"skipped {len(self.skipped)}: {kinds} (--json lists them)"
 
+    def unread(self, path: str, failed: list[tuple[int, str]]) -> None:
+        """Note a file's scanned pages that OCR could not read: one entry per reason."""
+        for error, pages in group_pages(failed).items():
+            self.ocr_failed.append({"path": path, "pages": pages, "error": error})
+
     def skip(self, path: str, reason: str) -> None:
         self.skipped.append(path)
         self.skipped_reasons.append({"path": path, "reason": reason})
+
+
+def group_pages(failed: list[tuple[int, str]]) -> dict[str, list[int]]:
+    """Pages that failed OCR, by reason: one report line per reason, not per page."""
+    grouped: dict[str, list[int]] = {}
+    for page, why in failed:
+        grouped.setdefault(why, []).append(page)
+    return grouped
+
+
+def no_text_message(
+    empty_pages: list[int], ocr_pages: list[int], ocr_failed: list[tuple[int, str]]
+) -> str:
+    """Why a file gave no text: with scanned pages, why OCR did not read them."""
+    if not empty_pages:
+        return "no extractable text"
+    reasons = sorted(group_pages(ocr_failed))
+    if reasons:
+        return f"no extractable text; its scanned pages could not be OCR'd: {reasons[0]}"
+    if ocr_pages:
+        return "no extractable text: OCR found no text on its scanned pages"
+    return 'no extractable text (scanned pages? set ingest.ocr = "auto" to OCR them)'
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +101,13 @@ class Progress:
     chunks: int
     current: str
     pages: int = 0
-    # "scanning", "parsing", "embedding", "writing", "optimizing", "reembedding" or "done".
+    # "scanning", "parsing", "ocr", "embedding", "writing", "optimizing", "reembedding"
+    # or "done".
     stage: str = ""
     elapsed_s: float = 0.0
     chunks_per_s: float = 0.0
     eta_s: float | None = None  # None until there is enough to estimate from
+    ocr_pages: int = 0  # PDF pages read by OCR so far
 
 
 class ProgressMeter:
@@ -87,6 +123,7 @@ class ProgressMeter:
         self.files_done = 0
         self.chunks = 0
         self.pages = 0
+        self.ocr_pages = 0
         # Work to do, in bytes of files to parse and embed (rows to re-embed for a rebuild):
         # all files' bytes at the start; unchanged files are taken off as they are found.
         self.work_total = 0
@@ -121,5 +158,6 @@ class ProgressMeter:
                 elapsed_s=round(elapsed, 3),
                 chunks_per_s=round(self.chunks / working, 2) if working > 0 else 0.0,
                 eta_s=None if eta is None else round(eta, 1),
+                ocr_pages=self.ocr_pages,
             )
         )

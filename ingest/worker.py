@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,9 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from ingest import deadline
 from ingest.budget import TextBudget
+from ingest.ocr import OcrOptions
 from ingest.parsers import ParsedDocument, parse_file
 from rag.errors import ParseError
 
@@ -31,6 +34,8 @@ _PRELOAD = [
     "ingest.pdf",
     "ingest.webpage",
     "pypdf",
+    "pypdfium2",
+    "pdfplumber",  # 0.24 s to import: once, not in every child that meets a ruled page
     "charset_normalizer",
 ]
 
@@ -41,6 +46,7 @@ class Limits:
     memory_bytes: int
     max_file_bytes: int
     budget: TextBudget = field(default_factory=TextBudget)
+    ocr: OcrOptions = field(default_factory=OcrOptions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +109,22 @@ def _child(
     """Entry point of a parse process: apply the limits, run, send one message, exit."""
     import resource
 
+    # Its own process group: killing the group at the deadline also stops what the job
+    # started (tesseract), which would otherwise run on as an orphan.
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     memory = limits.memory_bytes
     with contextlib.suppress(ValueError, OSError):  # macOS refuses RLIMIT_AS; the deadline holds
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     # The parent kills us at the deadline; if the parent itself is killed first, the kernel
-    # still stops a runaway parse once it has used that much CPU.
+    # still stops a runaway parse (SIGXCPU) once it has used that much CPU. The hard limit
+    # stays where it was so that OCR's extra time (ingest/deadline.py) can raise the soft one.
     cpu_s = int(limits.timeout_s) + 5
     with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
+        hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        if hard != resource.RLIM_INFINITY:
+            cpu_s = min(cpu_s, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, hard))
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     try:
@@ -118,6 +132,7 @@ def _child(
 
         # Never run an external JBIG2 decoder on untrusted input.
         pypdf.overwrite_configuration(jbig2dec_binary=None)
+        deadline.install(conn, limits.timeout_s)
         message: tuple[Any, ...] = ("ok", func(*args))
     except ParseError as e:
         message = ("error", e.reason, e.message)
@@ -135,11 +150,21 @@ def _child(
 
 
 class ParsePool:
-    """Runs jobs in up to `workers` isolated processes; collect() hands back what finished."""
+    """Runs jobs in up to `workers` isolated processes; collect() hands back what finished.
 
-    def __init__(self, workers: int, limits: Limits) -> None:
+    A job may ask for more time as it goes (OCR, ingest/deadline.py); `on_extend(key, pages)`
+    hears each such request with the pages the job has OCR'd so far.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        limits: Limits,
+        on_extend: Callable[[Any, int], None] | None = None,
+    ) -> None:
         self.workers = max(1, workers)
         self.limits = limits
+        self.on_extend = on_extend
         self._ctx = _context()
         self._waiting: list[_Job] = []
         self._running: list[_Job] = []
@@ -157,7 +182,7 @@ class ParsePool:
     def submit_file(self, key: Any, path: Path, name: Path | None = None) -> None:
         """Parse the regular file `path`, named `name` (a link's own path) in its report."""
         limits = self.limits
-        args = (path, limits.max_file_bytes, limits.budget, name or path)
+        args = (path, limits.max_file_bytes, limits.budget, name or path, limits.ocr)
         self.submit(key, parse_file, args, str(name or path))
 
     def submit(self, key: Any, func: Callable[..., Any], args: tuple[Any, ...], label: str) -> None:
@@ -166,13 +191,13 @@ class ParsePool:
 
     def collect(self, timeout_s: float | None = 0.0) -> list[Outcome]:
         """Outcomes of the jobs that finished; waits up to `timeout_s` (None: for one) first."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        until = None if timeout_s is None else time.monotonic() + timeout_s
         done: list[Outcome] = []
         while self._running:
             now = time.monotonic()
             limit = min(job.deadline for job in self._running) - now
-            if deadline is not None:
-                limit = min(limit, deadline - now)
+            if until is not None:
+                limit = min(limit, until - now)
             ready = wait(
                 [job.conn for job in self._running]
                 + [job.process.sentinel for job in self._running],
@@ -180,13 +205,13 @@ class ParsePool:
             )
             done.extend(self._reap(ready))
             self._start_waiting()
-            if done or (deadline is not None and time.monotonic() >= deadline):
+            if done or (until is not None and time.monotonic() >= until):
                 break
         return done
 
     def close(self) -> None:
         for job in self._running:
-            job.process.kill()
+            _kill(job)
             job.process.join()
             job.conn.close()
         self._running = []
@@ -215,10 +240,13 @@ class ParsePool:
         for job in self._running:
             if job.conn in ready:
                 outcome = self._receive(job)
+                if outcome is None:  # more time granted; the job goes on
+                    still.append(job)
+                    continue
             elif job.process.sentinel in ready and not job.conn.poll():
                 outcome = self._crashed(job)
             elif now >= job.deadline and not job.conn.poll():
-                job.process.kill()
+                _kill(job)
                 seconds = self.limits.timeout_s
                 outcome = Outcome(job.key, None, "timeout", f"parsing took over {seconds:g}s")
             else:
@@ -229,22 +257,39 @@ class ParsePool:
             yield outcome
         self._running = still
 
-    def _receive(self, job: _Job) -> Outcome:
+    def _receive(self, job: _Job) -> Outcome | None:
         try:
             message = job.conn.recv()
         except (EOFError, OSError):
             job.process.join()
             return self._crashed(job)
+        if message[0] == deadline.EXTEND:
+            job.deadline += message[1]
+            if self.on_extend is not None:
+                self.on_extend(job.key, message[2])
+            return None
         if message[0] == "ok":
             return Outcome(job.key, message[1])
         return Outcome(job.key, None, message[1], message[2])
 
     def _crashed(self, job: _Job) -> Outcome:
+        # Not the group: once the child is reaped its pid, the group's id, may be reused. A
+        # tesseract it left behind ends with its page (its own time limit).
         job.process.join()
         code = job.process.exitcode
         # SIGKILL from the kernel is how an allocation past the limit usually ends.
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         return Outcome(job.key, None, "crashed", f"the parser process died ({how})")
+
+
+def _kill(job: _Job) -> None:
+    """Kill the job's process and its process group (what it started: tesseract)."""
+    # The group exists only once the child made it (os.setpgid in _child): before that no
+    # group has the child's pid as its id, and killpg finds none. Called only before the
+    # child is reaped, so that id is still the child's.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(job.process.pid, signal.SIGKILL)
+    job.process.kill()
 
 
 def run_isolated(func: Callable[..., Any], args: tuple[Any, ...], limits: Limits) -> Any:
@@ -262,7 +307,8 @@ def run_isolated(func: Callable[..., Any], args: tuple[Any, ...], limits: Limits
 
 def parse_isolated(path: Path, limits: Limits) -> ParsedDocument:
     """Parse one file in its own bounded process."""
-    value = run_isolated(parse_file, (path, limits.max_file_bytes, limits.budget), limits)
+    args = (path, limits.max_file_bytes, limits.budget, None, limits.ocr)
+    value = run_isolated(parse_file, args, limits)
     assert isinstance(value, ParsedDocument)
     return value
 

@@ -28,6 +28,7 @@ AtLeastOne = Annotated[int, Meta(ge=1)]
 Positive = Annotated[float, Meta(gt=0)]
 NonNegative = Annotated[float, Meta(ge=0)]
 Share = Annotated[float, Meta(ge=0, le=1)]  # of a whole, 0 to 1
+LANGUAGES = 'Tesseract language codes joined by "+", e.g. "eng" or "eng+deu"'
 BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True}
 BOOLEAN_WORDS |= {"0": False, "false": False, "no": False, "off": False}
 
@@ -88,6 +89,11 @@ class IngestSettings(Section, frozen=True):
     ray_actors: Annotated[int, Meta(ge=0)] = 0  # 0 = fill the cluster
     ray_cpus_per_actor: Positive = 1.0
     ray_gpus_per_actor: NonNegative = 0.0
+    # Which PDF pages are OCR'd (ingest/ocr.py).
+    ocr: Literal["auto", "off", "force"] = "auto"
+    ocr_languages: Annotated[str, Meta(pattern=r"^\w+(\+\w+)*$", description=LANGUAGES)] = "eng"
+    ocr_seconds_per_page: Positive = 30.0
+    ocr_max_pages: AtLeastOne = 1000
 
 
 class RetrievalSettings(Section, frozen=True):
@@ -381,4 +387,12 @@ def _explain(message: str, raw: dict[str, Any], source: str) -> str:
         choices = typing.get_args(typing.get_type_hints(_section_types()[section])[key])
         return f"{section}.{key} = {value!r}: use {', '.join(str(c) for c in choices)}"
     wanted = problem.removeprefix("Expected ").split(", got")[0].replace("`", "")
-    return f"{section}.{key} = {value!r}: expected {wanted}"
+    hint = _description(_section_types()[section], key)
+    return f"{section}.{key} = {value!r}: " + (hint or f"expected {wanted}")
+
+
+def _description(section: type[Section], key: str) -> str:
+    """What a key's `Meta(description=...)` says it takes, if it says."""
+    kind = typing.get_type_hints(section, include_extras=True).get(key)
+    metas = [m for m in getattr(kind, "__metadata__", ()) if isinstance(m, Meta)]
+    return next((m.description for m in metas if m.description), "")

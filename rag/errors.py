@@ -67,7 +67,8 @@ class ParseError(RagError):
     """A document could not be read; the batch goes on without it.
 
     `reason` is a stable one-word class for reports: malformed, encrypted, limit, binary,
-    too_large, timeout, memory, crashed, no_text, unreadable.
+    too_large, timeout, memory, crashed, no_text, unreadable, ocr (scanned pages OCR could
+    not read: Tesseract missing, a language without data, a page that failed).
     """
 
     http_status = 422

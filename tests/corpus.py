@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import random
+import shutil
 import zlib
 from pathlib import Path
 
+import pytest
+
+from bench.build_debian_faq_eval import DEFAULT_CACHE, fetch_package
 from tests.pdfwrite import write_pdf
 
 _WORDS = [
@@ -14,6 +19,25 @@ _WORDS = [
     "hawser", "draft", "ballast", "tonnage", "schedule", "dispatch", "warehouse", "pallet",
     "forklift", "inventory", "carrier", "vessel", "anchor", "signal", "beacon", "radio",
 ]  # fmt: skip
+
+
+def debian_document(package: str, path: str) -> Path:
+    """A real document from a Debian package of manuals (debian-faq, gnuplot-doc, ...),
+    fetched with apt-get download into ~/.cache/rag-bench once; a `.gz` file is unpacked
+    beside it. Skips where there is no apt-get (not a Debian system)."""
+    if shutil.which("apt-get") is None:
+        pytest.skip(f"the {package} corpus comes from Debian's apt-get")
+    try:
+        root = fetch_package(package, DEFAULT_CACHE)
+    except SystemExit as e:  # the bench helper's way of saying the download failed
+        pytest.fail(str(e))
+    found = root / path
+    if found.suffix != ".gz":
+        return found
+    unpacked = DEFAULT_CACHE / f"{package}-{found.name.removesuffix('.gz')}"
+    if not unpacked.exists():
+        unpacked.write_bytes(gzip.decompress(found.read_bytes()))
+    return unpacked
 
 
 def sentence(rng: random.Random) -> str:

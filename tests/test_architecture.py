@@ -24,8 +24,8 @@ ROOMS = (
     "rag.llm",
     "rag.qa",
     "rag.accounts",
-    "rag.ops",
     "ingest",
+    "rag.ops",  # the doctor checks what ingest needs (Tesseract)
     "web",
     "rag.cli",
 )

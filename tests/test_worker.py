@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -22,6 +23,30 @@ def test_a_job_past_its_deadline_is_killed() -> None:
         run_isolated(time.sleep, (60,), LIMITS)
     assert e.value.reason == "timeout"
     assert time.monotonic() - started < 10
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting for init to reap it is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_a_job_past_its_deadline_takes_the_programs_it_started_with_it(tmp_path: Path) -> None:
+    # As OCR runs tesseract: a program the job waits for, killed with the job's process group.
+    pidfile = tmp_path / "pid"
+    command = ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"]
+    with pytest.raises(ParseError) as e:
+        run_isolated(subprocess.run, (command,), LIMITS)
+    assert e.value.reason == "timeout"
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid)
 
 
 def test_a_job_past_its_memory_limit_fails_alone() -> None:

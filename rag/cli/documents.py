@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from ingest.report import Progress
-from rag.cli.kit import cli_settings, emit_json, handle_errors, printable, say
+from ingest.report import IngestReport, Progress
+from rag.cli.kit import cli_settings, emit_json, handle_errors, page_ranges, printable, say
 from rag.config import Settings
 
 
@@ -33,12 +33,20 @@ class _ProgressLine:
         width = 24
         filled = int(width * p.files_done / p.files_total) if p.files_total else width
         eta = "--" if p.eta_s is None else f"{p.eta_s:.0f}s"
+        ocr = f" ({p.ocr_pages} OCR)" if p.ocr_pages else ""
         line = (
             f"\r[{'#' * filled}{'.' * (width - filled)}] {p.files_done}/{p.files_total} files "
-            f"{p.pages} pages {p.chunks} chunks {p.chunks_per_s:.1f} chunks/s ETA {eta} "
+            f"{p.pages} pages{ocr} {p.chunks} chunks {p.chunks_per_s:.1f} chunks/s ETA {eta} "
             f"{p.stage} {printable(p.current)[-32:]}"
         )
         click.echo(line.ljust(120), nl=final, err=True)
+
+
+def ocr_note(report: IngestReport) -> str:
+    """What the PDF pages held beyond their text layer: pages read by OCR, tables."""
+    parts = [f"{report.ocr_pages} by OCR"] if report.ocr_pages else []
+    parts += [f"{report.tables} tables"] if report.tables else []
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 @click.command()
@@ -168,15 +176,19 @@ def _ingest(
             click.echo(
                 f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
                 f"{report.removed} removed, {len(report.failed)} failed; {report.chunks} chunks, "
-                f"{report.pages} pages in {report.seconds:.1f}s"
+                f"{report.pages} pages{ocr_note(report)} in {report.seconds:.1f}s"
             )
         for failure in report.failed:
             where, error = printable(failure["path"]), printable(failure["error"])
             click.echo(f"  failed ({failure['reason']}): {where}: {error}", err=True)
         for scan in report.empty_pages:
-            pages = ", ".join(map(str, scan["pages"]))
+            pages = page_ranges(scan["pages"])
             where = printable(scan["path"])
-            click.echo(f"  no text on page(s) {pages} of {where} (scanned?)", err=True)
+            click.echo(f"  no text on page(s) {pages} of {where}", err=True)
+        for unread in report.ocr_failed:
+            pages = page_ranges(unread["pages"])
+            where, error = printable(unread["path"]), printable(unread["error"])
+            click.echo(f"  not OCR'd: page(s) {pages} of {where}: {error}", err=True)
         if report.skipped:
             click.echo(f"  {report.skipped_summary()}", err=True)
     if report.failed:

@@ -54,6 +54,17 @@ def printable(text: str, keep: str = "") -> str:
     )
 
 
+def page_ranges(pages: list[int]) -> str:
+    """1-based page numbers for people, runs folded: [1, 2, 3, 7] -> "1-3, 7"."""
+    runs: list[list[int]] = []
+    for page in sorted(pages):
+        if runs and page == runs[-1][1] + 1:
+            runs[-1][1] = page
+        else:
+            runs.append([page, page])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False))
 

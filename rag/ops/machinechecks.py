@@ -11,7 +11,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from rag.config import EmbeddingSettings, LlmSettings, ServerSettings, Settings
+from ingest.tesseract import find_tesseract, problem
+from rag.config import EmbeddingSettings, IngestSettings, LlmSettings, ServerSettings, Settings
 from rag.embed.embedder import pick_device
 from rag.llm.load import (
     CPU_SPEED_GAP,
@@ -281,3 +282,21 @@ def _in_container() -> bool:
     except OSError:
         return False
     return any(word in cgroup for word in ("docker", "containerd", "kubepods", "libpod"))
+
+
+def check_ocr(settings: IngestSettings) -> Check:
+    """Tesseract for scanned PDF pages: a warning, not a failure, since text PDFs need none."""
+    name = "ocr"
+    if settings.ocr == "off":
+        return Check(name, OK, 'off (ingest.ocr = "off"): scanned PDF pages are not read')
+    found = find_tesseract()
+    what, fix = problem(found, settings.ocr_languages)
+    if found is None or what:
+        where = f"ingest.ocr_languages = {settings.ocr_languages!r}: " if found else ""
+        return Check(name, WARN, f"scanned PDF pages will not be read: {where}{what}", fix)
+    return Check(
+        name,
+        OK,
+        f"{found.version} at {found.path}, languages {settings.ocr_languages} "
+        f"(ingest.ocr = {settings.ocr})",
+    )
