@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -121,7 +122,7 @@ class LlmSettings(Section, frozen=True):
     api_key_env: str = "LLM_API_KEY"
     connect_timeout_s: Positive = 10.0
     # What llm.model = "auto" asks of a model besides fitting (rag.llm.choice).
-    typical_prompt_tokens: AtLeastOne = 1000
+    typical_prompt_tokens: Annotated[int, Meta(gt=0)] = 1000
     target_ttft_s: Positive = 20.0
     target_tokens_per_s: Positive = 5.0
     cache_dir: str = "~/.cache/rag/models"
@@ -380,5 +381,8 @@ def _explain(message: str, raw: dict[str, Any], source: str) -> str:
     if problem.startswith("Invalid enum value"):
         choices = typing.get_args(typing.get_type_hints(_section_types()[section])[key])
         return f"{section}.{key} = {value!r}: use {', '.join(str(c) for c in choices)}"
+    bound = re.fullmatch(r"Expected `\w+` ([<>]=?) (\S+)", problem)
+    if bound:  # "Expected `float` > 0.0"
+        return f"{section}.{key} = {value!r}: must be {bound[1]} {float(bound[2]):g}"
     wanted = problem.removeprefix("Expected ").split(", got")[0].replace("`", "")
     return f"{section}.{key} = {value!r}: expected {wanted}"
