@@ -122,7 +122,7 @@ class LlmSettings(Section, frozen=True):
     api_key_env: str = "LLM_API_KEY"
     connect_timeout_s: Positive = 10.0
     # What llm.model = "auto" asks of a model besides fitting (rag.llm.choice).
-    typical_prompt_tokens: Annotated[int, Meta(gt=0)] = 1000
+    typical_prompt_tokens: AtLeastOne = 1000
     target_ttft_s: Positive = 20.0
     target_tokens_per_s: Positive = 5.0
     cache_dir: str = "~/.cache/rag/models"
@@ -382,7 +382,10 @@ def _explain(message: str, raw: dict[str, Any], source: str) -> str:
         choices = typing.get_args(typing.get_type_hints(_section_types()[section])[key])
         return f"{section}.{key} = {value!r}: use {', '.join(str(c) for c in choices)}"
     bound = re.fullmatch(r"Expected `\w+` ([<>]=?) (\S+)", problem)
-    if bound:  # "Expected `float` > 0.0"
-        return f"{section}.{key} = {value!r}: must be {bound[1]} {float(bound[2]):g}"
+    if bound:  # "Expected `float` > 0.0", "Expected `int` >= 1"
+        op, limit = bound[1], float(bound[2])
+        if (op, limit) == (">=", 1.0):  # a positive count
+            op, limit = ">", 0.0
+        return f"{section}.{key} = {value!r}: must be {op} {limit:g}"
     wanted = problem.removeprefix("Expected ").split(", got")[0].replace("`", "")
     return f"{section}.{key} = {value!r}: expected {wanted}"
