@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -386,6 +387,12 @@ def _explain(message: str, raw: dict[str, Any], source: str) -> str:
     if problem.startswith("Invalid enum value"):
         choices = typing.get_args(typing.get_type_hints(_section_types()[section])[key])
         return f"{section}.{key} = {value!r}: use {', '.join(str(c) for c in choices)}"
+    bound = re.fullmatch(r"Expected `\w+` ([<>]=?) (\S+)", problem)
+    if bound:  # "Expected `float` > 0.0", "Expected `int` >= 1"
+        op, limit = bound[1], float(bound[2])
+        if (op, limit) == (">=", 1.0):  # a positive count
+            op, limit = ">", 0.0
+        return f"{section}.{key} = {value!r}: must be {op} {limit:g}"
     wanted = problem.removeprefix("Expected ").split(", got")[0].replace("`", "")
     hint = _description(_section_types()[section], key)
     return f"{section}.{key} = {value!r}: " + (hint or f"expected {wanted}")
