@@ -32,7 +32,8 @@ from ingest.worker import Limits, Outcome, ParsePool
 from rag.chunkrows import DocumentWrite
 from rag.config import ChunkingSettings, IngestSettings
 from rag.embedder import Embedder
-from rag.errors import ParseError, RagError
+from rag.errors import ParseError, RagError, StoreError
+from rag.originals import Originals
 from rag.records import Chunk, Section
 from rag.store import Store, StoredDocument
 
@@ -160,6 +161,7 @@ def run_ingest(
     on_wait: Callable[[str], None] | None = None,
     names: Mapping[Path, str] | None = None,
     cluster: RayCluster | None = None,
+    originals: Originals | None = None,
 ) -> IngestReport:
     """Bring `collection` up to date with the files under `paths`; see the module docstring.
 
@@ -167,7 +169,9 @@ def run_ingest(
     `names` gives files a display name (uploads stored under generated names): it becomes
     the document's source and its identity, so uploading the same name again replaces it.
     With `cluster`, files are parsed and embedded on Ray workers (ingest/distributed.py);
-    planning, skipping and writing stay here, in the one writer.
+    planning, skipping and writing stay here, in the one writer. With `originals` each
+    written document's file is kept there (rag.originals), and the originals no document
+    refers to after the run are deleted.
     """
     started = time.perf_counter()
     roots = [Path(p) for p in paths]
@@ -183,6 +187,7 @@ def run_ingest(
             collection, chunking, ingest or IngestSettings(), embedder, store, batch_size
         )
         run.names = dict(names or {})
+        run.originals = originals
         run.meter = ProgressMeter(on_progress, len(files))
         run.meter.work_total = sum(_size(e.target) for e in files)
         run.report = report
@@ -194,6 +199,8 @@ def run_ingest(
             from ingest.distributed import ingest_on_ray
 
             ingest_on_ray(run, files, cluster)
+        if originals is not None and run.released:
+            originals.release(run.released, store.doc_hashes())
         run.meter.emit("optimizing")
         store.maintain(wrote=run.wrote)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -231,6 +238,10 @@ class IngestRun:
         self.jobs: dict[int, FileJob] = {}
         self.wrote = False
         self.names: dict[Path, str] = {}
+        self.originals: Originals | None = None
+        # Hashes whose originals this run may have left unreferenced: replaced, removed, or
+        # kept for a write that failed.
+        self.released: set[str] = set()
         self.limits = Limits(
             timeout_s=settings.parse_timeout_s,
             memory_bytes=settings.parse_memory_mb * 2**20,
@@ -269,6 +280,7 @@ class IngestRun:
         self.store.delete_documents(self.collection, [d.doc_id for d in gone])
         self.wrote = True
         self.report.removed = len(gone)
+        self.released.update(d.doc_hash for d in gone)
         for doc in gone:
             del self.stored[doc.doc_id]
 
@@ -305,6 +317,10 @@ class IngestRun:
         )
         previous = self.stored.get(doc_id)
         if previous and (previous.doc_hash, previous.pipeline) == (doc_hash, self.pipeline):
+            if self.originals and not self.originals.path(doc_hash):
+                # Ingested while none were kept: keep it now (if that fails, its citations
+                # show their passage alone, as before).
+                self._keep(entry.target, doc_hash)
             self.report.unchanged += 1
             self.meter.files_done += 1
             self.meter.work_total -= size
@@ -392,37 +408,60 @@ class IngestRun:
     def write(self, docs: list[ParsedFile], vectors: np.ndarray) -> None:
         """Commit `docs` (their chunks' vectors in order, already counted as embedded) at once."""
         writes: list[DocumentWrite] = []
+        kept: list[ParsedFile] = []
         offset = 0
         for d in docs:
             count = len(d.chunks)
+            part = vectors[offset : offset + count]
+            offset += count
+            if not self._keep_original(d):
+                self.meter.chunks -= count
+                continue
+            kept.append(d)
             writes.append(
                 DocumentWrite(
-                    d.job.doc_id,
-                    d.doc_hash,
-                    self.pipeline,
-                    str(d.job.location),
-                    d.chunks,
-                    vectors[offset : offset + count],
+                    d.job.doc_id, d.doc_hash, self.pipeline, str(d.job.location), d.chunks, part
                 )
             )
-            offset += count
         self.meter.emit("writing")
         try:
             self.store.write_documents(self.collection, writes)
         except RagError as e:
-            self.meter.chunks -= offset
-            for d in docs:
-                self._failed(d.job.source, e.message, "store")
+            self.meter.chunks -= sum(len(d.chunks) for d in kept)
+            self.released.update(d.doc_hash for d in kept)
+            for d in kept:
+                self.report.fail(d.job.source, e.message, "store")
         else:
-            self.wrote = True
-            for d in docs:
+            self.wrote = self.wrote or bool(writes)
+            for d in kept:
                 if d.job.previous:
                     self.report.updated += 1
+                    self.released.add(d.job.previous.doc_hash)
                 else:
                     self.report.added += 1
                 self.report.chunks += len(d.chunks)
-        self.meter.files_done += len(docs)
+        self.meter.files_done += len(kept)
         self.meter.emit("writing")
+
+    def _keep_original(self, d: ParsedFile) -> bool:
+        """Keep the file's bytes before the commit that refers to them (rag.originals);
+        False, reported as the file's failure, when they cannot be kept."""
+        error = self._keep(d.job.target, d.doc_hash)
+        if error is not None:
+            message = error.message.replace(f"{d.job.target}: ", "")
+            self._failed(d.job.source, message, getattr(error, "reason", "store"))
+        return error is None
+
+    def _keep(self, target: Path, doc_hash: str) -> RagError | None:
+        if self.originals is None or not self.originals.keep_new:
+            return None
+        limit = self.limits.max_file_bytes
+        try:
+            with open_regular(target, limit) as (f, _):
+                self.originals.keep(f, doc_hash, limit)
+        except (ParseError, StoreError) as e:
+            return e
+        return None
 
     def _failed(self, source: str, message: str, reason: str) -> None:
         self.report.fail(source, message, reason)

@@ -28,6 +28,7 @@ class StorageSettings:
     collection: str = "default"
     lock_wait_s: float = 600.0
     keep_versions_s: float = 86400.0
+    keep_originals: bool = True
     uri: str = ""
     s3_endpoint: str = ""
     s3_region: str = ""
