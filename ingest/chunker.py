@@ -4,15 +4,19 @@ Windows end at the strongest boundary available in their second half (a blank li
 line end, then a sentence end, then a word) and the next one starts `overlap` tokens back,
 moved to the start of a word. Every window is re-counted with the model's tokenizer, special
 tokens included, and shrunk if needed, so the embedder never truncates a chunk. Windows
-never cross a section: pages and headings are section boundaries.
+never cross a section: pages and headings are section boundaries. `make_chunks` turns a
+document's sections into its chunks, a table cut between its rows (`table_pieces`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
+
+from rag.records import Chunk, Section
 
 # Text is tokenized in blocks of about this many characters, cut at whitespace, so memory
 # stays bounded for one-line files of many megabytes.
@@ -253,3 +257,53 @@ def _blocks(text: str) -> Iterator[tuple[int, int]]:
                 end = cut + 1
         yield start, end
         start = end
+
+
+def make_chunks(
+    doc_id: str,
+    source: str,
+    sections: list[Section],
+    tokenizer: Tokenizer,
+    window: Window,
+    limit: int | None = None,
+) -> list[Chunk]:
+    """The document's chunks; with `limit`, stops at limit + 1 (a file over its budget)."""
+    chunks: list[Chunk] = []
+    for section in sections:
+        if limit is not None and len(chunks) > limit:
+            break
+        for text, char_start, char_end in _pieces(section, tokenizer, window):
+            if limit is not None and len(chunks) > limit:
+                break
+            if not text.strip():
+                continue
+            index = len(chunks)
+            digest = hashlib.sha256(f"{doc_id}\0{index}\0{text}".encode()).hexdigest()[:24]
+            chunks.append(
+                Chunk(
+                    chunk_id=digest,
+                    doc_id=doc_id,
+                    source=source,
+                    page=section.page,
+                    heading=section.heading,
+                    text=text,
+                    char_start=section.char_start + char_start,
+                    char_end=section.char_start + char_end,
+                    index=index,
+                )
+            )
+    return chunks
+
+
+def _pieces(
+    section: Section, tokenizer: Tokenizer, window: Window
+) -> Iterator[tuple[str, int, int]]:
+    """(text, char_start, char_end) of each chunk of `section`: windows of its text, or for
+    a table too long for one window, groups of rows each under the table's head."""
+    if section.text.lstrip().startswith(("|", "Table: ")):
+        table = table_pieces(section.text, tokenizer, window)
+        if table is not None:
+            yield from table
+            return
+    for span in iter_spans(section.text, tokenizer, window):
+        yield section.text[span.char_start : span.char_end], span.char_start, span.char_end

@@ -24,10 +24,10 @@ import numpy as np
 
 import ingest
 import rag
-from ingest.chunker import Window
+from ingest.chunker import Window, make_chunks
 from ingest.discovery import Entry, read_regular
 from ingest.parsers import ParsedDocument, parse_bytes
-from ingest.pipeline import IngestRun, ParsedFile, embed_sorted, make_chunks
+from ingest.pipeline import IngestRun, ParsedFile, embed_sorted
 from ingest.worker import Limits, Outcome, run_isolated
 from rag.config import EmbeddingSettings, IngestSettings
 from rag.embed.embedder import load_embedder

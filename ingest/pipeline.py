@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ingest.budget import TextBudget
-from ingest.chunker import MAX_CHARS_PER_TOKEN, Tokenizer, Window, iter_spans, table_pieces
+from ingest.chunker import MAX_CHARS_PER_TOKEN, Window, make_chunks
 from ingest.discovery import Entry, Found, located, open_regular, size_bytes
 from ingest.ocr import OcrOptions
 from ingest.parsers import ParsedDocument
@@ -30,10 +30,11 @@ from ingest.report import IngestReport, ProgressMeter, no_text_message
 from ingest.worker import Limits, Outcome, ParsePool
 from rag.config import ChunkingSettings, IngestSettings
 from rag.embed.embedder import Embedder
-from rag.errors import ParseError, RagError
+from rag.errors import ParseError, RagError, StoreError
+from rag.index.originals import Originals
 from rag.index.schema import DocumentWrite
 from rag.index.store import Store, StoredDocument
-from rag.records import Chunk, Section
+from rag.records import Chunk
 
 # Part of every document's stored fingerprint: bump it when parsing or chunking changes so the
 # next ingest redoes files whose bytes did not change.
@@ -67,56 +68,6 @@ def pipeline_fingerprint(window: Window, ocr: OcrOptions | None = None) -> str:
     unchanged files (turning OCR on must read the scans already indexed without it)."""
     ocr = ocr or OcrOptions()
     return f"{PIPELINE_VERSION}/{window.budget}/{window.overlap}/{ocr.mode}:{ocr.languages}"
-
-
-def make_chunks(
-    doc_id: str,
-    source: str,
-    sections: list[Section],
-    tokenizer: Tokenizer,
-    window: Window,
-    limit: int | None = None,
-) -> list[Chunk]:
-    """The document's chunks; with `limit`, stops at limit + 1 (a file over its budget)."""
-    chunks: list[Chunk] = []
-    for section in sections:
-        if limit is not None and len(chunks) > limit:
-            break
-        for text, char_start, char_end in _pieces(section, tokenizer, window):
-            if limit is not None and len(chunks) > limit:
-                break
-            if not text.strip():
-                continue
-            index = len(chunks)
-            digest = hashlib.sha256(f"{doc_id}\0{index}\0{text}".encode()).hexdigest()[:24]
-            chunks.append(
-                Chunk(
-                    chunk_id=digest,
-                    doc_id=doc_id,
-                    source=source,
-                    page=section.page,
-                    heading=section.heading,
-                    text=text,
-                    char_start=section.char_start + char_start,
-                    char_end=section.char_start + char_end,
-                    index=index,
-                )
-            )
-    return chunks
-
-
-def _pieces(
-    section: Section, tokenizer: Tokenizer, window: Window
-) -> Iterator[tuple[str, int, int]]:
-    """(text, char_start, char_end) of each chunk of `section`: windows of its text, or for
-    a table too long for one window, groups of rows each under the table's head."""
-    if section.text.lstrip().startswith(("|", "Table: ")):
-        table = table_pieces(section.text, tokenizer, window)
-        if table is not None:
-            yield from table
-            return
-    for span in iter_spans(section.text, tokenizer, window):
-        yield section.text[span.char_start : span.char_end], span.char_start, span.char_end
 
 
 def embed_sorted(
@@ -179,6 +130,7 @@ class IngestRun:
         meter: ProgressMeter,
         report: IngestReport,
         names: Mapping[Path, str] | None = None,
+        originals: Originals | None = None,
     ) -> None:
         self.collection = collection
         self.settings = settings
@@ -200,6 +152,10 @@ class IngestRun:
         self.jobs: dict[int, FileJob] = {}
         self.wrote = False
         self.names: dict[Path, str] = dict(names or {})
+        self.originals = originals
+        # Hashes whose originals this run may have left unreferenced: replaced, removed, or
+        # kept for a write that failed.
+        self.released: set[str] = set()
         self.limits = Limits(
             timeout_s=settings.parse_timeout_s,
             memory_bytes=settings.parse_memory_mb * 2**20,
@@ -241,6 +197,7 @@ class IngestRun:
         self.store.delete_documents(self.collection, [d.doc_id for d in gone])
         self.wrote = True
         self.report.removed = len(gone)
+        self.released.update(d.doc_hash for d in gone)
         for doc in gone:
             del self.stored[doc.doc_id]
 
@@ -277,6 +234,10 @@ class IngestRun:
         )
         previous = self.stored.get(doc_id)
         if previous and (previous.doc_hash, previous.pipeline) == (doc_hash, self.pipeline):
+            if self.originals and not self.originals.path(doc_hash):
+                # Ingested while none were kept: keep it now (if that fails, its citations
+                # show their passage alone, as before).
+                self._keep(entry.target, doc_hash)
             self.report.unchanged += 1
             self.meter.files_done += 1
             self.meter.work_total -= size
@@ -378,9 +339,16 @@ class IngestRun:
     def write(self, docs: list[ParsedFile], vectors: np.ndarray) -> None:
         """Commit `docs` (their chunks' vectors in order, already counted as embedded) at once."""
         writes: list[DocumentWrite] = []
+        kept: list[ParsedFile] = []
         offset = 0
         for d in docs:
             count = len(d.chunks)
+            part = vectors[offset : offset + count]
+            offset += count
+            if not self._keep_original(d):
+                self.meter.chunks -= count
+                continue
+            kept.append(d)
             writes.append(
                 DocumentWrite(
                     d.job.doc_id,
@@ -388,27 +356,48 @@ class IngestRun:
                     self.pipeline + (INCOMPLETE if d.incomplete else ""),
                     str(d.job.location),
                     d.chunks,
-                    vectors[offset : offset + count],
+                    part,
                 )
             )
-            offset += count
         self.meter.emit("writing")
         try:
             self.store.write_documents(self.collection, writes)
         except RagError as e:
-            self.meter.chunks -= offset
-            for d in docs:
-                self._failed(d.job.source, e.message, "store")
+            self.meter.chunks -= sum(len(d.chunks) for d in kept)
+            self.released.update(d.doc_hash for d in kept)
+            for d in kept:
+                self.report.fail(d.job.source, e.message, "store")
         else:
-            self.wrote = True
-            for d in docs:
+            self.wrote = self.wrote or bool(writes)
+            for d in kept:
                 if d.job.previous:
                     self.report.updated += 1
+                    self.released.add(d.job.previous.doc_hash)
                 else:
                     self.report.added += 1
                 self.report.chunks += len(d.chunks)
-        self.meter.files_done += len(docs)
+        self.meter.files_done += len(kept)
         self.meter.emit("writing")
+
+    def _keep_original(self, d: ParsedFile) -> bool:
+        """Keep the file's bytes before the commit that refers to them (rag.index.originals);
+        False, reported as the file's failure, when they cannot be kept."""
+        error = self._keep(d.job.target, d.doc_hash)
+        if error is not None:
+            message = error.message.replace(f"{d.job.target}: ", "")
+            self._failed(d.job.source, message, getattr(error, "reason", "store"))
+        return error is None
+
+    def _keep(self, target: Path, doc_hash: str) -> RagError | None:
+        if self.originals is None or not self.originals.keep_new:
+            return None
+        limit = self.limits.max_file_bytes
+        try:
+            with open_regular(target, limit) as (f, _):
+                self.originals.keep(f, doc_hash, limit)
+        except (ParseError, StoreError) as e:
+            return e
+        return None
 
     def _failed(self, source: str, message: str, reason: str) -> None:
         self.report.fail(source, message, reason)

@@ -17,6 +17,7 @@ from ingest.pipeline import IngestRun, display_source
 from ingest.report import IngestReport, Progress, ProgressMeter
 from rag.config import ChunkingSettings, IngestSettings
 from rag.embed.embedder import Embedder
+from rag.index.originals import Originals
 from rag.index.store import Store
 
 
@@ -34,6 +35,7 @@ def run_ingest(
     on_wait: Callable[[str], None] | None = None,
     names: Mapping[Path, str] | None = None,
     cluster: RayCluster | None = None,
+    originals: Originals | None = None,
 ) -> IngestReport:
     """Bring `collection` up to date with the files under `paths`; see the module docstring.
 
@@ -41,7 +43,9 @@ def run_ingest(
     `names` gives files a display name (uploads stored under generated names): it becomes
     the document's source and its identity, so uploading the same name again replaces it.
     With `cluster`, files are parsed and embedded on Ray workers (ingest/distributed.py);
-    planning, skipping and writing stay here, in the one writer.
+    planning, skipping and writing stay here, in the one writer. With `originals` each
+    written document's file is kept there (rag.index.originals), and the originals no
+    document refers to after the run are deleted.
     """
     started = time.perf_counter()
     roots = [Path(p) for p in paths]
@@ -65,6 +69,7 @@ def run_ingest(
             meter=meter,
             report=report,
             names=names,
+            originals=originals,
         )
         if sync:
             run.remove_gone(roots, found)
@@ -72,6 +77,8 @@ def run_ingest(
             run.ingest(files)
         else:
             ingest_on_ray(run, files, cluster)
+        if originals is not None and run.released:
+            originals.release(run.released, store.doc_hashes())
         run.meter.emit("optimizing")
         store.maintain(wrote=run.wrote)
     report.seconds = round(time.perf_counter() - started, 3)

@@ -43,6 +43,8 @@ class StorageSettings(Section, frozen=True):
     collection: str = "default"
     lock_wait_s: NonNegative = 600.0
     keep_versions_s: NonNegative = 86400.0
+    # Keep each ingested file (content-addressed under the data dir) for the citation viewer.
+    keep_originals: bool = True
     uri: str = ""
     s3_endpoint: str = ""
     s3_region: str = ""

@@ -61,6 +61,8 @@ class Citation:
     cited: bool = False
     # The chunks merged into this source (just chunk_id when none were).
     chunk_ids: list[str] = field(default_factory=list)
+    # The document it is from: GET /api/documents/{doc_id}/source is its original.
+    doc_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import FAST_LLM_ENV, start_server, stop_server
+from .conftest import FAST_LLM_ENV, ROOT, start_server, stop_server
 
 # A keyless loopback server: scripts mark themselves with any key (see web/csrf.py).
 SCRIPT = {"authorization": "Bearer unused"}
@@ -70,6 +71,14 @@ def _uploads_dir(docs: dict) -> list[str]:
     return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
 
 
+def _originals(docs: dict) -> set[str]:
+    return {p.name for p in (docs["data"] / "originals").iterdir()}
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _corpus_text(chars: int, seed: int = 7) -> bytes:
     words = [
         "harbor",
@@ -121,18 +130,19 @@ def test_an_upload_is_a_job_where_a_bad_file_fails_alone(docs: dict) -> None:
         timeout=60,
     ).json()["hits"]
     assert hits[0]["source"] == "badges.md"
-    # Only the indexed file is kept, under a generated name.
-    stored = _uploads_dir(docs)
-    assert len(stored) == 1 and stored[0].endswith(".md") and stored[0] != "badges.md"
+    # Only the indexed file is kept, as its original (named by its content); the staged
+    # uploads are gone.
+    samples = _originals(docs) - {_sha(good)}
+    assert _sha(good) in _originals(docs) and _uploads_dir(docs) == []
 
     # The same bytes again: nothing is written and the second copy is not kept.
     again = _wait(base, _upload(base, [("badges.md", good)]).json()["id"])
     assert again["files"][0]["state"] == "unchanged"
-    assert _uploads_dir(docs) == stored
-    # New bytes under the same name replace the document and its stored original.
+    assert _originals(docs) == samples | {_sha(good)} and _uploads_dir(docs) == []
+    # New bytes under the same name replace the document and its original.
     changed = good.replace(b"floor 3", b"floor 5")
     assert _wait(base, _upload(base, [("badges.md", changed)]).json()["id"])["report"]["updated"]
-    assert len(_uploads_dir(docs)) == 1 and _uploads_dir(docs) != stored
+    assert _originals(docs) == samples | {_sha(changed)}
     doc = _documents(base)["badges.md"]
     original = httpx.get(
         f"{base}/api/documents/{doc['doc_id']}/source", params={"collection": "uploads"}
@@ -146,7 +156,7 @@ def test_an_upload_is_a_job_where_a_bad_file_fails_alone(docs: dict) -> None:
         f"{base}/api/documents", params={"collection": "uploads", "source": "badges.md"}
     )
     assert removed.status_code == 200 and removed.json()["removed"][0]["source"] == "badges.md"
-    assert _documents(base) == {} and _uploads_dir(docs) == []
+    assert _documents(base) == {} and _originals(docs) == samples
     gone = httpx.delete(
         f"{base}/api/documents", params={"collection": "uploads", "source": "badges.md"}
     )
@@ -168,14 +178,24 @@ def test_file_names_are_shown_never_used_as_paths(docs: dict) -> None:
     ).json()["removed"] == [{"doc_id": doc["doc_id"], "source": "escape.md"}]
 
 
-def test_documents_read_by_rag_ingest_are_listed_but_not_downloadable(docs: dict) -> None:
+def test_documents_read_by_rag_ingest_are_downloadable_from_their_kept_original(
+    docs: dict,
+) -> None:
     base = docs["base"]
     listed = _documents(base, "default")
     pdf = listed["samples/incident-runbook.pdf"]
-    assert pdf["pages"] == 3 and not pdf["downloadable"]
+    assert pdf["pages"] == 3 and pdf["downloadable"]
     r = httpx.get(f"{base}/api/documents/{pdf['doc_id']}/source", params={"collection": "default"})
-    assert r.status_code == 404
-    assert "only uploaded documents" in r.json()["error"]["message"]
+    assert r.status_code == 200
+    assert r.content == (ROOT / "samples" / "incident-runbook.pdf").read_bytes()
+    assert r.headers["content-security-policy"] == "sandbox; default-src 'none'"
+    # A document whose original is not kept (ingested with storage.keep_originals = false).
+    notes = (ROOT / "samples" / "release-notes.txt").read_bytes()
+    (docs["data"] / "originals" / _sha(notes)).unlink()
+    doc = _documents(base, "default")["samples/release-notes.txt"]
+    assert not doc["downloadable"]
+    r = httpx.get(f"{base}/api/documents/{doc['doc_id']}/source", params={"collection": "default"})
+    assert r.status_code == 404 and "no kept original" in r.json()["error"]["message"]
     assert httpx.get(f"{base}/api/documents/nope/source").status_code == 404
     collections = httpx.get(f"{base}/api/collections").json()
     assert collections["default"] == "default" and "default" in collections["collections"]

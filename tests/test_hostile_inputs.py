@@ -164,9 +164,8 @@ def test_the_default_budgets_pass_the_samples_and_a_long_manual(
     tmp_path: Path, settings: Settings, embedder: Embedder
 ) -> None:
     from ingest.budget import TextBudget
-    from ingest.chunker import MAX_CHARS_PER_TOKEN, Window
+    from ingest.chunker import MAX_CHARS_PER_TOKEN, Window, make_chunks
     from ingest.parsers import parse_file
-    from ingest.pipeline import make_chunks
 
     window = Window.fit(embedder, settings.chunking.chunk_tokens, settings.chunking.overlap_tokens)
     budget = TextBudget(max_chars_per_chunk=window.budget * MAX_CHARS_PER_TOKEN)

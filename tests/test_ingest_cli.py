@@ -187,3 +187,4 @@ def test_docs_rm_deletes_the_file_the_service_stored_for_an_upload(tmp_path: Pat
     assert removed.returncode == 0, removed.stderr
     assert "removed 1 document(s)" in removed.stdout
     assert not stored.exists()
+    assert list((data / "originals").iterdir()) == []  # its kept original goes too

@@ -34,7 +34,7 @@ CANARY = "CANARY-ALPHA-5f3e"
 ALPHA_DOC = f"# Alpha launch\nThe alpha launch code is heliotrope, {CANARY}.\n".encode()
 BETA_DOC = b"# Beta launch\nThe beta team ships the harbor release on Friday.\n"
 QUESTION = "What is the alpha launch code heliotrope?"
-# Open to anyone: liveness, readiness, the page shell and the OpenAPI document.
+# Open to anyone: liveness, readiness, the page shell (with its pdf.js) and the OpenAPI document.
 PUBLIC = "public"
 # The Prometheus scrape: its labels name keys and collections, so with keys it needs the
 # scrape token (server.metrics_token), which no API key is.
@@ -60,6 +60,7 @@ def _tool(name: str, **arguments: str) -> dict[str, Any]:
 # Strings may name {collection}, {doc_id}, {source} and {job_id}; path parameters too.
 ROUTES: dict[tuple[str, str], Any] = {
     ("GET", "/"): PUBLIC,
+    ("GET", "/static/vendor/{path}"): PUBLIC,
     ("GET", "/health"): PUBLIC,
     ("GET", "/ready"): PUBLIC,
     ("GET", "/metrics"): SCRAPE,

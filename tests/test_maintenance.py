@@ -16,6 +16,7 @@ import pytest
 from ingest.run import run_ingest
 from rag.config import ChunkingSettings
 from rag.embed.embedder import Embedder
+from rag.index.originals import Originals
 from rag.index.store import open_store
 from rag.index.upkeep import FTS_INDEX, VECTOR_INDEX
 from rag.index.writelock import write_lock
@@ -61,7 +62,8 @@ def _table(data: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
-    """An index of two sample documents among 60 small ones, in one fragment."""
+    """An index of two sample documents among 60 small ones, in one fragment, with the
+    originals of all of them kept."""
     root = tmp_path_factory.mktemp("maintain")
     docs = root / "docs"
     write_corpus(docs, count=60)
@@ -69,7 +71,12 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Pat
         shutil.copy(SAMPLES / name, docs / name)
     store = open_store(root / "data", embedder.name, embedder.dim)
     report = run_ingest(
-        [docs], collection="default", chunking=ChunkingSettings(), embedder=embedder, store=store
+        [docs],
+        collection="default",
+        chunking=ChunkingSettings(),
+        embedder=embedder,
+        store=store,
+        originals=Originals(root / "data"),
     )
     assert (report.added, report.failed) == (62, [])
     return root
@@ -83,12 +90,16 @@ def test_delete_then_maintain_with_retention_0_leaves_no_text_on_disk(
     # A vector index too (built from 10 rows on), so its rebuild is part of the erasure.
     erase = {"RAG_STORAGE_KEEP_VERSIONS_S": "0", "RAG_RETRIEVAL_VECTOR_INDEX_ROWS": "10"}
     # The text is stored as plain bytes, so a byte search can see it: the check below is
-    # not vacuous.
+    # not vacuous. The document's kept original holds it too.
     assert _files_holding(data, ERASED) and _files_holding(data, KEPT)
+    originals = data / "originals"
+    assert len(_files_holding(originals, ERASED)) == 1 and _files_holding(originals, KEPT)
 
     removed = _rag(data, "docs", "rm", str(indexed / "docs" / "handbook.md"), **erase)
     assert removed.returncode == 0, removed.stderr
-    # The delete alone only masks the rows: the document's text is still in a data file.
+    # The removal deletes the original at once; it only masks the rows: the document's
+    # text is still in a data file.
+    assert _files_holding(originals, ERASED) == []
     assert _files_holding(data, ERASED)
     assert int(_table(data).list_versions()[-1]["metadata"]["total_deletion_file_rows"]) > 0
 
@@ -100,7 +111,9 @@ def test_delete_then_maintain_with_retention_0_leaves_no_text_on_disk(
 
     assert _files_holding(data, ERASED) == []
     assert _files_holding(data, KEPT)  # the rest is all there
+    assert _files_holding(originals, KEPT)
     store = open_store(data, None, 0)
+    assert {p.name for p in originals.iterdir()} == store.doc_hashes()
     sources = {Path(d.source).name for d in store.documents("default").values()}
     assert "handbook.md" not in sources and len(sources) == 61
     table = _table(data)
@@ -164,3 +177,26 @@ def test_maintain_waits_for_a_writer_and_is_still_due_after_giving_up(tmp_path: 
     assert f"is being written by pid {os.getpid()}" in busy.stderr
     assert "Traceback" not in busy.stderr
     assert _maintain(data)["reason"] == "no index"  # still due: the failed pass was not recorded
+
+
+def test_maintain_deletes_the_originals_no_document_refers_to(
+    indexed: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(indexed / "data", data)
+    originals = data / "originals"
+    kept = {p.name for p in originals.iterdir()}
+    assert kept == open_store(data, None, 0).doc_hashes() and len(kept) == 62
+    # What a crash leaves: a copy made for a commit that never happened, and one unfinished.
+    orphan = "0" * 64
+    (originals / orphan).write_text(ERASED)
+    (originals / ".3f2a.tmp").write_text(ERASED)
+
+    report = _maintain(data, "--now")
+    assert report["originals_removed"] == 1
+    assert {p.name for p in originals.iterdir()} == kept
+    assert report["originals_bytes"] == sum(p.stat().st_size for p in originals.iterdir())
+    # storage.keep_originals = false: the next pass deletes those kept before too.
+    off = _maintain(data, "--now", RAG_STORAGE_KEEP_ORIGINALS="false")
+    assert off["originals_removed"] == 62 and off["originals_bytes"] == 0
+    assert list(originals.iterdir()) == []

@@ -135,6 +135,10 @@ def test_ray_ingest_stores_what_a_local_ingest_stores(ray_head: str, tmp_path: P
     assert ray_vectors.keys() == local_vectors.keys()
     for chunk_id, vector in ray_vectors.items():
         np.testing.assert_allclose(vector, local_vectors[chunk_id], atol=1e-5)
+    # The driver keeps the originals, as a local ingest does: one per stored document.
+    kept = sorted(p.name for p in (tmp_path / "ray" / "originals").iterdir())
+    assert kept == sorted(p.name for p in (tmp_path / "local" / "originals").iterdir())
+    assert kept == sorted({row["doc_hash"] for row in ray_rows})
 
     code, again, err = _finish(_start_ingest(tmp_path, tmp_path / "ray", "--ray", ray_head))
     assert code == 1, err

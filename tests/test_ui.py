@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
+import httpx
 import pytest
+
+from rag.qa.support import check_answer
+from rag.records import Citation
 
 from .conftest import ROOT
 
@@ -54,6 +60,13 @@ def test_ask_streams_the_answer_and_opens_a_citation(page, tmp_path: Path) -> No
     assert "harbor-db promote" in first.locator(".passage").inner_text()
     assert "tokens/s" in page.inner_text("#status")
     page.screenshot(path=str(ARTIFACTS / "ui-answer.png"), full_page=True)
+    # The source opens in its original, at its page, with what supports the answer marked
+    # (the spans of the sentences it supports, or the whole passage).
+    first.locator(".open-source").click()
+    marks = page.locator('#viewer .pdf-page[data-page="3"] .span-highlight')
+    marks.first.wait_for(timeout=60_000)
+    assert "".join(marks.evaluate_all("els => els.map(e => e.dataset.text)")).strip()
+    page.click("#viewer-close")
 
 
 def test_status_panel_shows_the_doctor_checks(page) -> None:
@@ -151,7 +164,12 @@ def test_upload_shows_progress_then_the_answer_cites_it(page) -> None:
 
 def test_a_follow_up_question_is_asked_in_its_conversation(page) -> None:
     first_question = page.inner_text("#asked")
-    first_answer = page.inner_text("#answer")
+    # The answer as shown, less the buttons that open its citations.
+    first_answer = page.eval_on_selector(
+        "#answer",
+        "el => { const a = el.cloneNode(true); a.querySelectorAll('button.cite').forEach(b => "
+        "b.remove()); return a.textContent; }",
+    )
     sent: list[dict] = []
     page.on(
         "request",
@@ -171,3 +189,123 @@ def test_a_follow_up_question_is_asked_in_its_conversation(page) -> None:
     page.screenshot(path=str(ARTIFACTS / "ui-conversation.png"), full_page=True)
     page.click("#reset")
     assert page.locator("#turns > li").count() == 0 and not page.inner_text("#answer")
+
+
+def _cited(server: str, query: str, source: str) -> Citation:
+    """The passage of `source` that the service retrieves for `query`, as a citation."""
+    hits = httpx.post(f"{server}/api/search", json={"query": query}, timeout=60).json()["hits"]
+    hit = next(h for h in hits if h["source"] == source)
+    return Citation(
+        1,
+        hit["source"],
+        hit["page"],
+        hit["heading"],
+        hit["chunk_id"],
+        hit["text"],
+        hit["score"],
+        cited=True,
+        chunk_ids=[hit["chunk_id"]],
+        doc_id=hit["doc_id"],
+    )
+
+
+def _show_answer(page, answer: str, citation: Citation) -> dict:
+    """Put an answer on the page as the service would send it: its sentences checked
+    against the citation by the real support checker. Returns the supported sentence."""
+    # The collection the citation is from (an earlier test may have left another one); the
+    # field's change event (on blur) starts a new conversation, before the answer is shown.
+    page.fill("#collection", "default")
+    page.locator("#collection").blur()
+    sentences = [asdict(s) for s in check_answer(answer, [citation])]
+    supported = [s for s in sentences if s["supported"] and s["span"]]
+    assert len(supported) == 1, sentences
+    done = {
+        "answer": answer,
+        "citations": [asdict(citation)],
+        "sentences": sentences,
+        "usage": {"prompt_tokens": 1, "completion_tokens": 0, "ttft_s": 0, "tokens_per_s": 0},
+    }
+    page.evaluate("(done) => handle('done', JSON.stringify(done))", done)
+    return supported[0]
+
+
+def _policy_violations(messages: list[str]) -> list[str]:
+    return [m for m in messages if "Content Security Policy" in m or "Refused to" in m]
+
+
+def _watch_console(page) -> list[str]:
+    """The page's console messages and uncaught errors from now on."""
+    messages: list[str] = []
+    page.on("console", lambda m: messages.append(m.text))
+    page.on("pageerror", lambda e: messages.append(f"uncaught: {e}"))
+    return messages
+
+
+def _letters(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def test_a_pdf_citation_opens_its_page_with_the_span_highlighted(page, server: str) -> None:
+    messages = _watch_console(page)
+    citation = _cited(
+        server,
+        "Which command promotes the standby database during a failover?",
+        "samples/incident-runbook.pdf",
+    )
+    assert citation.page == 3
+    answer = "To fail over, promote the standby with the command harbor-db promote [1]."
+    sentence = _show_answer(page, answer, citation)
+    # The supported sentence carries its citation; opening it shows the PDF's page 3.
+    cite = page.locator("#answer button.cite")
+    assert cite.inner_text().endswith("incident-runbook.pdf, p. 3")
+    cite.click()
+    marks = page.locator('#viewer .pdf-page[data-page="3"] .span-highlight')
+    marks.first.wait_for(timeout=60_000)
+    assert page.inner_text("#viewer-where") == "page 3 of 3"
+    # What is highlighted is the span, as pdf.js reads the page (spaced its own way).
+    marked = "".join(marks.evaluate_all("els => els.map(e => e.dataset.text)"))
+    assert _letters(marked) == _letters(sentence["span"]["text"])
+    assert "harbor-db promote" in marked
+    # On the drawn page: every box inside the page, on the page's canvas.
+    sheet = page.locator('#viewer .pdf-page[data-page="3"]').bounding_box()
+    for box in marks.evaluate_all("els => els.map(e => e.getBoundingClientRect().toJSON())"):
+        assert box["width"] > 50 and box["height"] > 5
+        assert sheet["x"] <= box["x"] and box["x"] + box["width"] <= sheet["x"] + sheet["width"]
+        assert sheet["y"] <= box["y"] and box["y"] + box["height"] <= sheet["y"] + sheet["height"]
+    assert page.locator("#viewer .pdf-page canvas").count() == 1
+    page.locator("#viewer").screenshot(path=str(ARTIFACTS / "ui-viewer-pdf.png"))
+    page.click("#viewer-close")
+    assert _policy_violations(messages) == [] and not any("uncaught" in m for m in messages)
+
+
+def test_a_markdown_citation_opens_the_file_with_the_span_marked(page, server: str) -> None:
+    messages = _watch_console(page)
+    citation = _cited(server, "How many vacation days do employees get?", "samples/handbook.md")
+    answer = "Every full-time employee receives 27 days of paid vacation per year [1]."
+    sentence = _show_answer(page, answer, citation)
+    # From the sources list: the source opens at the sentence it supports.
+    page.locator("#sources .open-source").click()
+    mark = page.locator("#viewer-text mark.span-highlight")
+    mark.wait_for(timeout=30_000)
+    assert mark.inner_text() == sentence["span"]["text"]
+    # The whole original file, as written (Markdown markup and all), not the passage alone.
+    shown = page.inner_text("#viewer-text")
+    handbook = (ROOT / "samples" / "handbook.md").read_text()
+    assert shown.strip() == handbook.strip()
+    page.locator("#viewer").screenshot(path=str(ARTIFACTS / "ui-viewer-markdown.png"))
+    page.click("#viewer-close")
+    assert _policy_violations(messages) == [] and not any("uncaught" in m for m in messages)
+
+
+def test_an_html_original_is_shown_as_its_text_and_nothing_of_it_runs(page) -> None:
+    messages = _watch_console(page)
+    html = (
+        "<!doctype html><html><head><title>T</title><style>p{color:red}</style>"
+        f"<script>document.title='owned'</script></head><body><nav>Home | About</nav>"
+        f"<main><h1>Harbor ferry</h1><p>The ferry leaves at <b>nine</b>&nbsp;&amp; {HOSTILE}"
+        "</p><!-- <img src=y onerror=alert(1)> --><p>Tickets cost three euros.</p></main>"
+    )
+    text = page.evaluate("(html) => htmlText(html)", html)
+    assert text == "Harbor ferry\n\nThe ferry leaves at nine &\n\nTickets cost three euros."
+    page.wait_for_timeout(300)  # an image's error event, had one been made, fires by now
+    assert page.title() != "owned" and _policy_violations(messages) == []

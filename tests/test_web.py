@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+
+from web.page import VENDOR_FILES, VENDOR_PATH
 
 from .conftest import FAST_LLM_ENV, start_server, stop_server
 
@@ -38,6 +41,8 @@ def test_ask_returns_the_cli_json_shape_with_citations(server: str) -> None:
     assert ("samples/incident-runbook.pdf", 3) in {
         (c["source"], c["page"]) for c in result["citations"]
     }
+    # Each citation names its document, whose original the page's viewer opens.
+    assert all(len(c["doc_id"]) == 24 for c in result["citations"])
     assert result["usage"]["completion_tokens"] > 0
 
 
@@ -81,6 +86,35 @@ def test_ui_page_is_served_without_remote_assets(server: str) -> None:
     assert page.headers["content-type"].startswith("text/html")
     assert "/api/ask" in page.text
     assert "http://" not in page.text and "https://" not in page.text
+
+
+def test_ui_page_policy_names_no_other_origin(server: str) -> None:
+    policy = httpx.get(f"{server}/").headers["content-security-policy"]
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    for name, sources in directives.items():
+        for source in sources.split():
+            # This origin, nothing, the page's own inline code by hash; images also data:.
+            known = source in ("'self'", "'none'") or re.fullmatch(r"'sha256-[\w+/=]+'", source)
+            assert known or (name, source) == ("img-src", "data:"), (name, source)
+    assert directives["default-src"] == "'none'"
+    # pdf.js and its worker, from this origin; never compiled strings or inline handlers.
+    assert directives["worker-src"] == "'self'" and "'self'" in directives["script-src"]
+    assert "unsafe" not in policy
+
+
+def test_pdfjs_is_served_from_this_origin_and_compiles_no_strings(server: str) -> None:
+    for name in VENDOR_FILES:
+        r = httpx.get(f"{server}/static/vendor/{name}")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/javascript")
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.content == (VENDOR_PATH / name).read_bytes()
+        # No eval path, so the page's policy needs no 'unsafe-eval' (README there).
+        assert not re.search(rb"(?<![\w$])eval\(|\bnew Function\(", r.content)
+    # Only those files: not their neighbours, not a path out of the folder.
+    assert httpx.get(f"{server}/static/vendor/pdfjs/LICENSE").status_code == 404
+    escape = httpx.get(f"{server}/static/vendor/pdfjs/%2e%2e/%2e%2e/page.py")
+    assert escape.status_code == 404 and b"import" not in escape.content
 
 
 def test_metrics_count_requests_tokens_and_latency(server: str) -> None:

@@ -27,7 +27,7 @@ from web.mcp import McpEndpoint
 from web.metrics import MetricsController, make_prometheus_config
 from web.models import ModelHost
 from web.openai_api import chat_completions, embeddings, list_models
-from web.page import index, load_page
+from web.page import index, load_page, vendor_file
 
 # Signals on which a server (uvicorn) shuts down gracefully.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -112,6 +112,7 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[
             index,
+            vendor_file,
             health,
             ready,
             ask,

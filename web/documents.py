@@ -21,6 +21,7 @@ from litestar.response import File, Response
 
 from rag.config import Settings
 from rag.errors import NotFoundError, UsageError
+from rag.index.originals import remove_documents
 from rag.index.store import open_index
 from web.auth import AUTH_ONLY, Caller
 from web.jobs import JobRunner
@@ -82,14 +83,14 @@ def _collection(settings: Settings, caller: Caller, collection: str | None) -> s
     return caller.require(collection or settings.storage.collection)
 
 
-def _doc_json(doc: StoredDocument, runner: JobRunner) -> dict[str, Any]:
+def _doc_json(doc: StoredDocument, runner: JobRunner, kept: set[str]) -> dict[str, Any]:
     return {
         "doc_id": doc.doc_id,
         "source": doc.source,
         "chunks": doc.chunks,
         "pages": doc.pages,
-        # Only uploads are kept by the service; files `rag ingest` read stay where they are.
-        "downloadable": runner.upload_of(doc) is not None,
+        # Whether the service kept its original (storage.keep_originals; rag.index.originals).
+        "downloadable": runner.original_of(doc, kept) is not None,
     }
 
 
@@ -119,7 +120,12 @@ async def list_documents(
     settings, library, runner = _state(request)
     name = _collection(settings, caller, collection)
     docs = await library.documents(name)
-    return {"collection": name, "documents": [_doc_json(d, runner) for d in docs]}
+
+    def listing() -> list[dict[str, Any]]:
+        kept = runner.originals.hashes()
+        return [_doc_json(d, runner, kept) for d in docs]
+
+    return {"collection": name, "documents": await asyncio.to_thread(listing)}
 
 
 async def upload_documents(
@@ -143,7 +149,7 @@ def _remove(
     runner: JobRunner, collection: str, match: Callable[[StoredDocument], bool]
 ) -> tuple[list[StoredDocument], int]:
     """On the writer thread: remove the matching documents in one commit, then their files."""
-    docs, chunks = runner.writer_store().remove_documents(collection, match)
+    docs, chunks = remove_documents(runner.writer_store(), runner.originals, collection, match)
     for doc in docs:
         runner.remove_upload(doc)
     return docs, chunks
@@ -190,7 +196,7 @@ async def remove_by_id(
 @get(
     "/api/documents/{doc_id:str}/source",
     dependencies=AUTH_ONLY,
-    summary="Download an uploaded document's original file",
+    summary="Download a document's original file, as the service kept it",
 )
 async def document_source(
     request: Request[Any, Any, Any], caller: Caller, doc_id: str, collection: str | None = None
@@ -200,17 +206,18 @@ async def document_source(
     doc = await library.find(name, doc_id)
     if doc is None:
         raise NotFoundError(f"no document {doc_id!r} in collection {name!r}")
-    path = runner.upload_of(doc)
-    if path is None or not await asyncio.to_thread(path.is_file):
+    path = await asyncio.to_thread(runner.original_of, doc)
+    if path is None:
         raise NotFoundError(
-            f"{doc.source} has no stored original: only uploaded documents can be downloaded"
+            f"{doc.source} has no kept original: storage.keep_originals was false when it "
+            "was ingested (with it true, ingesting the file again keeps it)"
         )
     return File(
         path,
         filename=Path(doc.source).name or "document",
         media_type="application/octet-stream",
         content_disposition_type="attachment",
-        # An uploaded HTML file must never run as a page of this origin.
+        # A kept HTML file must never run as a page of this origin.
         headers={
             "X-Content-Type-Options": "nosniff",
             "Content-Security-Policy": "sandbox; default-src 'none'",

@@ -31,6 +31,7 @@ from ingest.pipeline import make_named_doc_id
 from ingest.run import run_ingest
 from rag.config import Settings
 from rag.errors import NotFoundError, OverloadedError, RagError
+from rag.index.originals import Originals
 from rag.index.store import open_index
 from web.auth import AUTH_ONLY, Caller
 from web.metrics import record_ingest_chunks, record_ingest_file, track_ingest
@@ -126,6 +127,7 @@ class JobRunner:
         self._lock = threading.Lock()  # guards the jobs and their fields across threads
         self._jobs: OrderedDict[str, IngestJob] = OrderedDict()
         self._store: Store | None = None
+        self.originals = Originals.from_settings(settings.storage)
         self.stopping = threading.Event()  # set on SIGTERM: event streams end
 
     def start(self) -> None:
@@ -235,9 +237,9 @@ class JobRunner:
             for f in job.files:
                 if f.state not in ("indexed", "unchanged", "failed"):
                     f.fail(message or "not ingested", "store")
-                if f.state != "indexed":
-                    # Nothing refers to this copy: failed, or the same bytes are indexed.
-                    f.path.unlink(missing_ok=True)
+                # The staged copy is done with: what is kept of an indexed file is its
+                # original (rag.index.originals), under the same rules as a file `rag ingest` read.
+                f.path.unlink(missing_ok=True)
                 record_ingest_file(f.state)
             job.state, job.message, job.finished_s = state, message, time.time()
             job.files_done = len(job.files)
@@ -294,6 +296,7 @@ class JobRunner:
                 ingest=self.settings.ingest,
                 on_wait=on_wait,
                 names={f.path: f.name for f in readable},
+                originals=self.originals,
             )
             after = store.documents(job.collection)
         failures = {row["path"]: row for row in report.failed}
@@ -316,15 +319,24 @@ class JobRunner:
         for f in readable:
             previous = before.get(ids[f.name])
             if f.state == "indexed" and previous is not None:
-                self.remove_upload(previous)  # the replaced version's stored file
+                self.remove_upload(previous)  # the replaced version's stored upload, if any
 
-    def upload_of(self, doc: StoredDocument) -> Path | None:
-        """The stored upload behind a document, or None for files `rag ingest` read."""
-        return stored_upload(doc.path, self.settings.storage.data_path)
+    def original_of(self, doc: StoredDocument, kept: set[str] | None = None) -> Path | None:
+        """The file a document was read from, as kept by the service; None when there is
+        none. `kept` is Originals.hashes(), when a listing asks for many documents."""
+        listed = kept is None or doc.doc_hash in kept
+        if listed and (path := self.originals.path(doc.doc_hash)):
+            return path
+        upload = stored_upload(doc.path, self.settings.storage.data_path)
+        return upload if upload is not None and upload.is_file() else None
 
     def remove_upload(self, doc: StoredDocument) -> None:
-        """Delete a document's stored upload, if it is one (never a file outside uploads/)."""
-        path = self.upload_of(doc)
+        """Delete a document's stored upload, if it is one (never a file outside uploads/).
+
+        Uploads were kept there, under the document's path, before originals were kept by
+        content; a data dir from then still has them.
+        """
+        path = stored_upload(doc.path, self.settings.storage.data_path)
         if path is not None:
             path.unlink(missing_ok=True)
 

@@ -4,11 +4,18 @@ It is served with a Content-Security-Policy that allows exactly that script and 
 their hashes) and requests to this origin only, so even text that slipped into the page as
 HTML could neither run nor fetch from elsewhere. The page itself shows every answer and
 document text with textContent.
+
+The document viewer's pdf.js (web/static/vendor/pdfjs) is the one script file: the policy
+allows scripts and workers from this origin ('self') for it. No other response of this
+origin is JavaScript (JSON, event streams, the metrics text, downloads as
+application/octet-stream with `nosniff`), the page loads pdf.js as a module (which must be
+served as JavaScript), and it never adds a script element, so 'self' admits pdf.js alone.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -18,7 +25,12 @@ from typing import Any
 from litestar import Request, get
 from litestar.response import Response
 
+from rag.errors import NotFoundError
+
 PAGE_PATH = Path(__file__).parent / "static" / "index.html"
+VENDOR_PATH = Path(__file__).parent / "static" / "vendor"
+# The files under VENDOR_PATH the page loads, by their URL under /static/vendor/.
+VENDOR_FILES = ("pdfjs/pdf.min.mjs", "pdfjs/pdf.worker.min.mjs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +50,8 @@ def load_page(path: Path = PAGE_PATH) -> Page:
     policy = "; ".join(
         [
             "default-src 'none'",
-            f"script-src {_hashes(html, 'script')}",
+            f"script-src {_hashes(html, 'script')} 'self'",
+            "worker-src 'self'",
             f"style-src {_hashes(html, 'style')}",
             "connect-src 'self'",
             "img-src 'self' data:",
@@ -60,3 +73,27 @@ def load_page(path: Path = PAGE_PATH) -> Page:
 async def index(request: Request[Any, Any, Any]) -> Response[bytes]:
     page: Page = request.app.state.page
     return Response(page.body, media_type="text/html", headers=page.headers)
+
+
+@get("/static/vendor/{path:path}", include_in_schema=False)
+async def vendor_file(path: str) -> Response[bytes]:
+    """pdf.js and its worker; no other file, whatever the path says."""
+    name = path.lstrip("/")
+    if name not in VENDOR_FILES:
+        raise NotFoundError(f"no file {name!r} under /static/vendor/")
+    return Response(
+        _vendor_bytes(name),
+        media_type="text/javascript",
+        headers={
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "public, max-age=3600",
+            # The policy of the worker's own context: it fetches nothing (the page hands it
+            # the document's bytes) and compiles no WebAssembly (used for JPEG 2000 only).
+            "Content-Security-Policy": "default-src 'none'",
+        },
+    )
+
+
+@functools.cache
+def _vendor_bytes(name: str) -> bytes:
+    return (VENDOR_PATH / name).read_bytes()

@@ -149,7 +149,8 @@ def maintain(ctx: click.Context, now: bool, as_json: bool) -> None:
 
     Runs only when maintenance.interval_h has passed since the last run, so cron or launchd
     may call it often. With storage.keep_versions_s = 0 it erases: no file keeps the text
-    of removed documents. Reports what it reclaimed.
+    of removed documents. Deletes the kept originals no document refers to. Reports what it
+    reclaimed.
     """
     from rag.models.hardware import format_bytes
     from rag.ops.maintenance import run_maintenance
@@ -170,6 +171,10 @@ def maintain(ctx: click.Context, now: bool, as_json: bool) -> None:
             f"{format_bytes(report.bytes_before)} -> {format_bytes(report.bytes_after)} "
             f"({format_bytes(report.bytes_reclaimed)} reclaimed), {report.rows} chunks, "
             f"in {report.seconds:.1f}s"
+        )
+        click.echo(
+            f"originals: {format_bytes(report.originals_bytes)} kept, "
+            f"{report.originals_removed} no document refers to deleted"
         )
         if report.erase:
             how = "; rewrote the table without them" if report.rewrote else ""

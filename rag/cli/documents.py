@@ -132,6 +132,7 @@ def _ingest(
     from ingest.report import IngestReport
     from ingest.run import run_ingest
     from rag.embed.embedder import load_embedder
+    from rag.index.originals import Originals
     from rag.index.store import open_index
 
     embedder = load_embedder(settings.embedding)
@@ -166,6 +167,7 @@ def _ingest(
             sync=sync,
             on_wait=say,
             cluster=cluster,
+            originals=Originals.from_settings(settings.storage),
         )
     if as_json:
         emit_json({**report.to_json(), **({"reembedded": reembedded} if reembed else {})})
@@ -244,6 +246,7 @@ def docs_list(ctx: click.Context, collection: str | None, as_json: bool) -> None
 def docs_rm(ctx: click.Context, sources: tuple[str, ...], collection: str | None) -> None:
     """Remove documents (as `rag docs list` names them, or by file path) with their chunks."""
     from rag.errors import NotFoundError
+    from rag.index.originals import Originals, remove_documents
     from rag.index.store import open_index
     from web.uploads import stored_upload
 
@@ -253,11 +256,12 @@ def docs_rm(ctx: click.Context, sources: tuple[str, ...], collection: str | None
         settings.storage, None, 0, vector_index_rows=settings.retrieval.vector_index_rows
     )
     wanted = {str(Path(s).expanduser().resolve()): s for s in sources} | {s: s for s in sources}
+    originals = Originals.from_settings(settings.storage)
     with store.writer(on_wait=say):
-        docs, removed = store.remove_documents(
-            name, lambda d: d.source in wanted or d.path in wanted
+        docs, removed = remove_documents(
+            store, originals, name, lambda d: d.source in wanted or d.path in wanted
         )
-    # A document uploaded through the service goes with its stored file, as over the API.
+    # An upload kept under uploads/ (before originals were kept by content) goes with it too.
     for doc in docs:
         if (upload := stored_upload(doc.path, settings.storage.data_path)) is not None:
             upload.unlink(missing_ok=True)

@@ -203,6 +203,16 @@ class Store:
         column = table.search().select(["collection"]).limit(None).to_arrow()["collection"]
         return sorted(set(column.to_pylist()))
 
+    def doc_hashes(self) -> set[str]:
+        """The content hash of every stored document, all collections (rag.index.originals)."""
+        table = self._table(check=False)
+        if table is None:
+            return set()
+        # The latest version: a writer in another process may have committed since we opened.
+        table.checkout_latest()
+        column = table.search().select(["doc_hash"]).limit(None).to_arrow()["doc_hash"]
+        return set(column.to_pylist())
+
     def search(self, collection: str, vector: np.ndarray, k: int) -> list[Passage]:
         """The k chunks nearest to `vector` by cosine similarity (the passage's score)."""
         table = self._table()

@@ -16,6 +16,10 @@ makes it wait (storage.lock_wait_s). With the index in an object store (storage.
 pass runs the same way through LanceDB, under the bucket's writer lease, and measures the
 objects under the index's prefix; run it from one machine (the schedule is kept per data
 dir, the lease keeps two passes from overlapping).
+
+Each pass also deletes the kept originals (rag.index.originals) that no document refers to: a
+crash's leftovers, or with `storage.keep_originals = false` every one. So after an erasure
+no original of a removed document is left either.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from rag.config import Settings
 from rag.errors import StoreError
+from rag.index.originals import Originals
 from rag.index.schema import chunk_schema
 from rag.index.store import open_index
 from rag.index.tables import connect
@@ -70,6 +75,8 @@ class MaintenanceReport:
     fragments_before: int = 0
     fragments_after: int = 0
     rows: int = 0
+    originals_removed: int = 0  # kept originals deleted: no document refers to them
+    originals_bytes: int = 0  # what the kept originals take after the pass
     seconds: float = 0.0
 
     @property
@@ -137,6 +144,10 @@ def run_maintenance(
             report.versions_before, report.versions_after = before.versions, after.versions
             report.fragments_before, report.fragments_after = before.fragments, after.fragments
             report.rows = after.rows
+        originals = Originals.from_settings(settings.storage)
+        referenced = store.doc_hashes() if originals.keep_new else set()
+        report.originals_removed = originals.prune(referenced)
+        report.originals_bytes = originals.size_bytes()
         report.ran = True
         now = time.time()
         interval_s = settings.maintenance.interval_h * 3600

@@ -45,6 +45,7 @@ def citations_for(passages: Sequence[Passage], cited: set[int]) -> list[Citation
             p.score,
             cited=n in cited,
             chunk_ids=list(p.chunk_ids or (p.chunk_id,)),
+            doc_id=p.doc_id,
         )
         for n, p in enumerate(passages, start=1)
     ]
