@@ -60,7 +60,7 @@ def _good_files(folder: Path, count: int = 2) -> None:
 
 def _amplifying_pdf(path: Path) -> None:
     """A few KB whose every page draws one text form 100 times: megabytes of text."""
-    write_form_pdf(path, "Amplified harbor text run. " * 400, draws=100, pages=10)
+    write_form_pdf(path, "Amplified harbor text run. " * 400, draws=100, pages=5)
 
 
 def _stored_names(store: Store) -> set[str]:
