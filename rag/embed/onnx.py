@@ -12,6 +12,14 @@ sentence-transformers, so chunking and limits are unchanged. The vectors are clo
 fp32 model's but not the same, so the index records the backend as a model of its own and
 switching backends takes `rag ingest --reembed`.
 
+Kept over sentence-transformers' own ONNX backend (`export_dynamic_quantized_onnx_model`),
+which measured worse here (`bench/onnx_backends.py`, 256 Debian FAQ chunks, 2 threads, CPU
+with AVX-512 VNNI): its int8 models reach a minimum cosine to fp32 of 0.969-0.970 with 1.2-1.6%
+of texts under 0.98 (ours: 0.983, none under 0.98), and run 34.1 (avx512_vnni) or 20.9 (avx2)
+texts/s against our 40.5. It also needs optimum-onnx, which requires transformers < 4.58
+while sentence-transformers 6 requires transformers 5, so it cannot be installed beside the
+project's packages.
+
 The object offers the part of SentenceTransformer's interface that rag.embed.embedder uses.
 """
 
