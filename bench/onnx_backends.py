@@ -12,7 +12,8 @@ and its PDF and text editions, chunked as `rag ingest` chunks them), for each ba
                       their int8 file run by our OnnxMiniLM: the file's speed without
                       sentence-transformers' torch-side tokenising and pooling
 
-it prints the mean and minimum cosine to the torch fp32 vectors, encode() throughput in
+it prints the cosine to the torch fp32 vectors (mean, 1st percentile, minimum, the share
+of chunks below 0.98), encode() throughput in
 texts/s (same batch size, every runtime pinned to the same thread count, interleaved rounds,
 best round kept: the machine may be shared), the first use (a fresh process: imports, load,
 export and quantization into an empty cache, one encode) and a later start (a fresh process
@@ -20,13 +21,14 @@ loading the cached file, one encode), each the best of --start-rounds processes,
 ratios theirs / ours ("/ours": texts/s over ours, above 1 is faster; seconds over ours,
 above 1 is slower).
 
-    python bench/onnx_backends.py [--batch-size 32] [--rounds 3] [--start-rounds 2]
+    python bench/onnx_backends.py [--batch-size 32] [--rounds 3] [--start-rounds 2] [--limit N]
 
 It needs optimum-onnx (sentence-transformers' `[onnx]` extra), which is not a project
-dependency: optimum-onnx 0.1.0, the newest release, requires transformers < 4.58 and fails to
-import under transformers 5, while sentence-transformers 6 requires transformers >= 5, so the
-extra cannot be installed beside the project's packages (pip would move transformers to
-4.57 and huggingface_hub to 0.36). Run it in a venv of its own with sentence-transformers 5:
+dependency (rag/embed/onnx.py says why, with this script's numbers): optimum-onnx 0.1.0, the
+newest release, requires transformers < 4.58 and fails to import under transformers 5, while
+sentence-transformers 6 and mlx-lm 0.32 require transformers >= 5, so pip cannot resolve
+the project with it (alone it would move transformers to 4.57 and huggingface_hub to 0.36).
+Run it in a venv of its own, with sentence-transformers 5:
 
     python3 -m venv /tmp/onnxvenv && /tmp/onnxvenv/bin/pip install torch==2.13.0
     /tmp/onnxvenv/bin/pip install "sentence-transformers[onnx]==5.7.0" transformers==4.57.6 \\

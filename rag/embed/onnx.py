@@ -4,21 +4,26 @@ The model is made from the bundled model's own weights, once, and cached: export
 with torch, then its weight matrices quantized per output channel to int8 with dynamic
 activation quantization (onnxruntime's MatMulInteger, which uses VNNI where the CPU has it).
 Only matrices with constant weights are quantized: quantizing the attention products
-(activation x activation) as well drops the cosine to the fp32 vectors to ~0.95, while
-weights alone keep it >= 0.98 and run several times faster than torch on a CPU.
+(activation x activation) as well drops the cosine to the fp32 vectors to ~0.95 on some
+texts, while weights alone keep it close (on the 1,034 chunks of bench/ingest.py's corpus:
+mean 0.993, 1st percentile 0.985, minimum 0.969) and run faster than torch on a CPU.
+
+Why not sentence-transformers' own ONNX backend (`backend="onnx"` and
+`export_dynamic_quantized_onnx_model`): bench/onnx_backends.py runs them side by side on
+those chunks (2 shared cores with AVX512-VNNI, batch 32, 2 threads each). Its avx512_vnni
+file quantizes the attention products too: cosine mean 0.991, 1st percentile 0.976,
+minimum 0.949, 1.6% of chunks below 0.98 (ours: 0.1%); its avx2 file (uint8 weights) is no
+closer and slower. Through sentence-transformers the avx512_vnni model embedded at 0.64 to
+1.33 times our texts/s over four runs (median about 0.87), and a start from its cached file
+took 6 to 10 s (it imports torch, transformers and optimum) against our 1 to 1.8 s. Nor can
+it be a dependency: optimum-onnx 0.1.0, which it needs, requires transformers < 4.58, while
+sentence-transformers 6 and mlx-lm 0.32 require transformers >= 5, so pip cannot resolve
+the project with it.
 
 The same tokenizer, mean pooling over the attention mask and normalisation as
 sentence-transformers, so chunking and limits are unchanged. The vectors are close to the
 fp32 model's but not the same, so the index records the backend as a model of its own and
 switching backends takes `rag ingest --reembed`.
-
-Kept over sentence-transformers' own ONNX backend (`export_dynamic_quantized_onnx_model`),
-which measured worse here (`bench/onnx_backends.py`, 256 Debian FAQ chunks, 2 threads, CPU
-with AVX-512 VNNI): its int8 models reach a minimum cosine to fp32 of 0.969-0.970 with 1.2-1.6%
-of texts under 0.98 (ours: 0.983, none under 0.98), and run 34.1 (avx512_vnni) or 20.9 (avx2)
-texts/s against our 40.5. It also needs optimum-onnx, which requires transformers < 4.58
-while sentence-transformers 6 requires transformers 5, so it cannot be installed beside the
-project's packages.
 
 The object offers the part of SentenceTransformer's interface that rag.embed.embedder uses.
 """
