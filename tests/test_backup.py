@@ -141,6 +141,17 @@ def test_backup_during_an_ingest_restores_a_consistent_store_with_the_same_hits(
         )
         assert hits == [e["chunk_id"] for e in expected], query
 
+    # The kept originals of exactly the backed-up documents came along, byte for byte, as
+    # private as they were (the viewer shows citations in them).
+    hashes = {r["doc_hash"] for r in rows}
+    kept = restored / "originals"
+    assert {p.name for p in kept.iterdir()} == hashes
+    assert manifest["originals"] == len(hashes) and manifest["originals_bytes"] > 0
+    for doc_hash in hashes:
+        assert (kept / doc_hash).read_bytes() == (source / "originals" / doc_hash).read_bytes()
+        assert (kept / doc_hash).stat().st_mode & 0o777 == 0o600
+    assert len(list((source / "originals").iterdir())) == DOCS > len(hashes)
+
     # Settings came along: the API keys in the data dir and the config file in use.
     assert (restored / "keys.json").read_bytes() == (source / "keys.json").read_bytes()
     assert (restored / "keys.json").stat().st_mode & 0o777 == 0o600
@@ -175,6 +186,13 @@ def test_restore_refuses_to_overwrite_without_force_and_checks_the_manifest(
     bad = _rag(root, tmp_path / "fresh", "restore", str(tampered))
     assert bad.returncode == 1
     assert "does not match its manifest" in bad.stderr
+    assert not (tmp_path / "fresh").exists()
+    # A backup that lost a kept original is refused too.
+    shutil.rmtree(tampered)
+    shutil.copytree(backup, tampered)
+    next((tampered / "data" / "originals").iterdir()).unlink()
+    lost = _rag(root, tmp_path / "fresh", "restore", str(tampered))
+    assert lost.returncode == 1 and "kept originals" in lost.stderr, lost.stderr
     assert not (tmp_path / "fresh").exists()
 
     not_backup = _rag(root, tmp_path / "fresh", "restore", str(root / "docs"))

@@ -17,7 +17,8 @@ Layout of DEST, written beside it under a temporary name and renamed when comple
 crash never leaves a DEST that looks whole:
 
     backup.json   manifest: rag version, table, table version, model, rows per collection
-    data/         a complete data dir: lancedb/<table>.lance, active-table, keys.json
+    data/         a complete data dir: lancedb/<table>.lance, active-table, keys.json,
+                  originals/ (the kept original of every document in the copied version)
     config.toml   the config file in use, if there is one
 
 Restore verifies the manifest against the copy, copies data/ beside the target, verifies
@@ -45,6 +46,7 @@ from rag import __version__
 from rag.accounts.apikeys import KEYS_FILE
 from rag.errors import NotFoundError, RagError, StoreError, UsageError
 from rag.index.location import DB_DIR, IndexLocation, local_location
+from rag.index.originals import Originals
 from rag.index.store import open_store
 from rag.index.tables import POINTER_FILE, connect
 from rag.index.upkeep import FTS_INDEX, VECTOR_INDEX
@@ -86,7 +88,8 @@ def create_backup(
     try:
         shutil.rmtree(partial, ignore_errors=True)
         (partial / DATA).mkdir(parents=True)
-        manifest = _copy_index_with_retries(source, location, partial / DATA, on_retry)
+        manifest, hashes = _copy_index_with_retries(source, location, partial / DATA, on_retry)
+        manifest.update(_copy_originals(Originals(source), hashes, partial / DATA))
         keys = source / KEYS_FILE
         if keys.is_file():  # replaced whole by rag keys (os.replace): never half a file
             shutil.copy2(keys, partial / DATA / KEYS_FILE)
@@ -111,7 +114,7 @@ def create_backup(
 
 def _copy_index_with_retries(
     source: Path, location: IndexLocation, out: Path, on_retry: Callable[[str], None] | None
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], set[str]]:
     for attempt in range(1, _ATTEMPTS + 1):
         try:
             return _copy_index(source, location, out)
@@ -128,8 +131,11 @@ def _copy_index_with_retries(
     raise AssertionError("unreachable")
 
 
-def _copy_index(source: Path, location: IndexLocation, out: Path) -> dict[str, Any]:
-    """Copy the live rows of the active table's latest version; return the manifest."""
+def _copy_index(
+    source: Path, location: IndexLocation, out: Path
+) -> tuple[dict[str, Any], set[str]]:
+    """Copy the live rows of the active table's latest version; return the manifest and the
+    hashes of the copied documents' files."""
     import pyarrow.compute as pc
 
     tables = open_store(source, None, 0, location=location).tables
@@ -148,8 +154,9 @@ def _copy_index(source: Path, location: IndexLocation, out: Path) -> dict[str, A
         "indexes": [],
     }
     table = tables.open(name)
+    hashes: set[str] = set()
     if table is None:
-        return manifest  # nothing ingested yet: keys and config only
+        return manifest, hashes  # nothing ingested yet: keys and config only
     version = int(table.version)
     table.checkout(version)  # pinned: every read below sees this version only
     schema = table.schema
@@ -161,6 +168,7 @@ def _copy_index(source: Path, location: IndexLocation, out: Path) -> dict[str, A
             copy.add(batch)
             for item in pc.value_counts(batch.column("collection")).to_pylist():
                 counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+            hashes.update(pc.unique(batch.column("doc_hash")).to_pylist())
     (out / POINTER_FILE).write_text(name + "\n")
     # Fresh indexes over the copied rows (the vector index if the source had one), one
     # version; nobody else uses this directory.
@@ -177,7 +185,33 @@ def _copy_index(source: Path, location: IndexLocation, out: Path) -> dict[str, A
         indexes=indexes,
     )
     _verify(out, manifest)
-    return manifest
+    return manifest, hashes
+
+
+def _copy_originals(originals: Originals, hashes: set[str], out: Path) -> dict[str, int]:
+    """Copy the kept originals of `hashes` into the data dir `out`.
+
+    Originals never change once kept (their name is their hash), so a plain copy is
+    consistent; one deleted since the version was pinned, or never kept
+    (storage.keep_originals = false), is left out and its citations show the passage only.
+    """
+    copy = Originals(out)
+    count = size_bytes = 0
+    for doc_hash in sorted(hashes):
+        path = originals.path(doc_hash)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as f:
+                file_bytes = os.fstat(f.fileno()).st_size
+                copy.keep(f, doc_hash, file_bytes)
+        except FileNotFoundError:
+            continue  # released by a removal while the backup ran
+        except StoreError as e:
+            raise StoreError(f"copying the kept original {path}: {e}") from e
+        count += 1
+        size_bytes += file_bytes
+    return {"originals": count, "originals_bytes": size_bytes}
 
 
 def read_manifest(src: Path) -> dict[str, Any]:
@@ -274,6 +308,9 @@ def _verify(data: Path, manifest: dict[str, Any]) -> None:
         problems.append(f"embedding model {model}")
     if FTS_INDEX not in indexed or not set(manifest.get("indexes", [])) <= indexed:
         problems.append(f"indexes {sorted(indexed)}, manifest {manifest.get('indexes')}")
+    kept = len(Originals(data).hashes())
+    if kept != manifest.get("originals", kept):  # older backups name none
+        problems.append(f"{kept} kept originals, manifest {manifest.get('originals')}")
     if problems:
         raise StoreError(f"the backup at {data} does not match its manifest: {'; '.join(problems)}")
 
