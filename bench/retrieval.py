@@ -84,6 +84,9 @@ class EvalSet:
     collection: str
     questions: list[EvalQuestion]
     kinds: list[str]
+    # The question file and the index's data dir, for `rag eval` on the set.
+    questions_path: Path
+    data_dir: Path
 
 
 def ingest(data_dir: Path, paths: list[Path], collection: str, embedder: Embedder) -> Store:
@@ -114,18 +117,51 @@ def cached_index(
     paths: list[Path],
     collection: str,
     embedder: Embedder,
-) -> tuple[Store, bool]:
+) -> tuple[Store, bool, Path]:
     """The eval set's index, ingested once into `cache` (reused while nothing it depends on
-    changed; embedding a corpus takes minutes on 2 cores) or into `scratch` without one."""
+    changed; embedding a corpus takes minutes on 2 cores) or into `scratch` without one;
+    with whether it was reused and its data dir."""
     if cache is None:
-        return ingest(scratch / name, paths, collection, embedder), False
+        return ingest(scratch / name, paths, collection, embedder), False, scratch / name
     data_dir = cache / f"{name}-{index_key(paths, embedder)}"
     if (data_dir / ".complete").exists():
-        return open_store(data_dir, embedder.name, embedder.dim), True
+        return open_store(data_dir, embedder.name, embedder.dim), True, data_dir
     shutil.rmtree(data_dir, ignore_errors=True)
     store = ingest(data_dir, paths, collection, embedder)
     (data_dir / ".complete").touch()
-    return store, False
+    return store, False, data_dir
+
+
+def load_sets(
+    wanted: list[str], cache: Path | None, scratch: Path, embedder: Embedder
+) -> list[EvalSet]:
+    """The eval sets named in `wanted` (of SETS), in SETS order, each with its index."""
+    sets = []
+    for name in SETS:
+        if name not in wanted:
+            continue
+        if name == "debian-faq":
+            faq_dir, path = build_faq_eval()
+            collection, paths = FAQ, sorted(faq_dir.glob("*.en.html"))
+        elif name == "foldoc":
+            foldoc_dir, path = build_foldoc_eval()
+            collection, paths = FOLDOC, sorted(foldoc_dir.glob("foldoc-*.md"))
+        elif name == "gnu-standards":
+            gnu_dir, path = build_gnu_eval()
+            collection, paths = GNU, sorted(gnu_dir.glob("*.pdf"))
+        else:
+            collection, paths = SAMPLES, [Path("samples")]
+            path = ROOT / "samples" / "questions.jsonl"
+        started = time.perf_counter()
+        store, reused, data_dir = cached_index(cache, scratch, name, paths, collection, embedder)
+        print(
+            f"{'reused' if reused else 'ingested'} {name}: {len(paths)} files, "
+            f"{store.count_chunks(collection)} chunks in {time.perf_counter() - started:.0f} s"
+        )
+        questions = load_questions(path)
+        kinds = kinds_of(path, questions)
+        sets.append(EvalSet(name, store, collection, questions, kinds, path, data_dir))
+    return sets
 
 
 def kinds_of(path: Path, questions: list[EvalQuestion]) -> list[str]:
@@ -445,30 +481,7 @@ def main() -> None:
         parser.error(f"--sets takes some of {', '.join(SETS)}")
     cache = None if args.fresh else args.index_cache
     with tempfile.TemporaryDirectory() as tmp:
-        sets = []
-        for name in SETS:
-            if name not in wanted:
-                continue
-            if name == "debian-faq":
-                faq_dir, path = build_faq_eval()
-                collection, paths = FAQ, sorted(faq_dir.glob("*.en.html"))
-            elif name == "foldoc":
-                foldoc_dir, path = build_foldoc_eval()
-                collection, paths = FOLDOC, sorted(foldoc_dir.glob("foldoc-*.md"))
-            elif name == "gnu-standards":
-                gnu_dir, path = build_gnu_eval()
-                collection, paths = GNU, sorted(gnu_dir.glob("*.pdf"))
-            else:
-                collection, paths = SAMPLES, [Path("samples")]
-                path = ROOT / "samples" / "questions.jsonl"
-            started = time.perf_counter()
-            store, reused = cached_index(cache, Path(tmp), name, paths, collection, embedder)
-            print(
-                f"{'reused' if reused else 'ingested'} {name}: {len(paths)} files, "
-                f"{store.count_chunks(collection)} chunks in {time.perf_counter() - started:.0f} s"
-            )
-            questions = load_questions(path)
-            sets.append(EvalSet(name, store, collection, questions, kinds_of(path, questions)))
+        sets = load_sets(wanted, cache, Path(tmp), embedder)
         quality(sets, embedder, settings)
         if args.tune or args.calibrate:
             cached = {es.name: legs(es, embedder) for es in sets}

@@ -108,6 +108,8 @@ class RetrievalSettings(Section, frozen=True):
     max_per_document: Annotated[int, Meta(ge=0)] = 3
     min_score: float = 0.55
     word_weight: Share = 0.4
+    model_check_min_score: float = 0.35
+    model_check_logit: float = 1.0
     rerank: Literal["none", "llm"] = "none"
     rerank_top: AtLeastOne = 4
     rewrite: Literal["rules", "llm", "off"] = "rules"
@@ -281,6 +283,11 @@ def validate(settings: Settings) -> None:
         raise ConfigError(
             f"retrieval.min_score = {r.min_score}: cosine similarity plus word_weight times "
             f"word coverage, -1 to {1.0 + r.word_weight:g}"
+        )
+    if not -1.0 <= r.model_check_min_score <= r.min_score:
+        raise ConfigError(
+            f"retrieval.model_check_min_score = {r.model_check_min_score}: -1 to "
+            f"retrieval.min_score ({r.min_score}; equal to it turns the model's check off)"
         )
 
 

@@ -47,6 +47,11 @@ def test_environment_overrides_file_and_casts_types(tmp_path: Path) -> None:
         ("[retrieval\n", {}, "not valid TOML"),
         ("[retrieval]\nmode = 'fuzzy'\n", {}, "retrieval.mode = 'fuzzy': use hybrid, vector"),
         ("[retrieval]\nmin_score = 2.0\n", {}, "retrieval.min_score = 2.0"),
+        (
+            "",
+            {"RAG_RETRIEVAL_MODEL_CHECK_MIN_SCORE": "0.6"},
+            "retrieval.model_check_min_score = 0.6: -1 to retrieval.min_score (0.55",
+        ),
     ],
 )
 def test_bad_settings_are_refused_with_the_key_named(

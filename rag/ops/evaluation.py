@@ -12,10 +12,13 @@ Metrics: hit@1, hit@5 and MRR@10 of retrieval over answerable questions; citatio
 accuracy (the share of answerable lines whose generated answer contains the line's `answer`,
 compared without case, punctuation or spacing; needs generation); answer support (the share
 of answer sentences that their cited passages support, and the share of answers with an
-unsupported sentence, as rag.qa.support checks them; needs generation); "not found" accuracy on
-unanswerable questions and the share of answerable ones wrongly refused; search latency
-p50/p95. With generation, a follow-up's earlier questions are answered first and their
-answers are the history the follow-up is asked with, as in a real conversation.
+unsupported sentence, as rag.qa.support checks them; needs generation); the "not found"
+operating point: the share of unanswerable questions refused against the share of answerable
+ones refused, for retrieval's rule alone (rag.qa.retrieval.is_relevant, no LLM) and, with
+generation, for the whole pipeline (that rule, then the model saying the answer is not in the
+sources); search latency p50/p95. With generation, a follow-up's earlier questions are
+answered first and their answers are the history the follow-up is asked with, as in a real
+conversation.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ class EvalQuestion:
 class QuestionResult:
     question: EvalQuestion
     rank: int | None  # 1-based rank of the first hit within DEPTH, None when missed
-    refused: bool  # retrieval (or the answer) said "not found"
+    # Retrieval's rule said "not found" (the LLM is not asked then).
+    retrieval_refused: bool
     search_ms: float
     rewritten_query: str | None = None
     cited_hits: int = 0
@@ -84,11 +88,21 @@ class QuestionResult:
     answer_text: str | None = None
     # The generated answer's sentences, checked against their sources (None: not generated).
     sentences: list[CheckedSentence] | None = None
+    # The generated answer says the sources do not hold it.
+    answer_refused: bool = False
+
+    @property
+    def refused(self) -> bool:
+        """The outcome is "not found": the answer says so when one was asked for (the whole
+        pipeline, whose model check may answer what the rule refuses), else the rule."""
+        return self.answer_refused if self.answer_text is not None else self.retrieval_refused
 
 
 @dataclass
 class EvalReport:
     results: list[QuestionResult] = field(default_factory=list)
+    # Every question was also put to the whole pipeline (`rag eval --generate`).
+    generated: bool = False
 
     def to_json(self) -> dict[str, Any]:
         answerable = [r for r in self.results if r.question.answerable]
@@ -103,6 +117,7 @@ class EvalReport:
         support = support_rates([r.sentences or [] for r in checked])
         return {
             "questions": len(self.results),
+            "generated": self.generated,
             "answerable": len(answerable),
             "unanswerable": len(unanswerable),
             "hit_at_1": _share(ranks, lambda rank: rank == 1),
@@ -111,12 +126,21 @@ class EvalReport:
             "citation_precision": (
                 round(sum(r.cited_hits for r in answerable) / cited, 4) if cited else None
             ),
-            "cited_markers": cited if answered else None,
-            "answer_accuracy": _share(correct, bool) if answered else None,
+            "cited_markers": cited if self.generated else None,
+            "answer_accuracy": _share(correct, bool) if self.generated else None,
             "supported_sentences": _rounded(support["supported_sentences"]),
             "answers_with_unsupported": _rounded(support["answers_with_unsupported"]),
-            "not_found_accuracy": _share([r.refused for r in unanswerable], bool),
-            "false_not_found": _share([r.refused for r in answerable], bool),
+            # The "not found" operating point of retrieval's rule, and with generation of the
+            # whole pipeline (None without): unanswerable questions refused (higher is
+            # better) against answerable ones refused (lower is better).
+            "refused_unanswerable": _share([r.retrieval_refused for r in unanswerable], bool),
+            "refused_answerable": _share([r.retrieval_refused for r in answerable], bool),
+            "pipeline_refused_unanswerable": (
+                _share([r.refused for r in unanswerable], bool) if self.generated else None
+            ),
+            "pipeline_refused_answerable": (
+                _share([r.refused for r in answerable], bool) if self.generated else None
+            ),
             "search_ms": _percentiles([r.search_ms for r in self.results]),
             "answer_s": _percentiles(answered) if answered else None,
             "missed_at_5": [
@@ -227,9 +251,10 @@ def evaluate(
     answer: Callable[[EvalQuestion], Answer] | None = None,
 ) -> EvalReport:
     """Run every question: `search` gives (ranked passages, rewritten query or None);
-    `is_refused(query searched, passages)` says whether they make the answer "not found";
-    `answer`, when given, generates the answer for citation precision."""
-    report = EvalReport()
+    `is_refused(query searched, passages)` says whether retrieval's rule makes the answer
+    "not found"; `answer`, when given, runs the whole pipeline on every question (where the
+    rule is unsure the model may still answer one it refuses: rag.qa.modelcheck)."""
+    report = EvalReport(generated=answer is not None)
     for q in questions:
         started = time.perf_counter()
         passages, rewritten = search(q)
@@ -241,11 +266,12 @@ def evaluate(
             search_ms,
             rewritten,
         )
-        if answer is not None and not result.refused:
+        if answer is not None:
             started = time.perf_counter()
             reply = answer(q)
-            result.answer_s = time.perf_counter() - started
-            result.refused = reply.not_found or bool(_SAYS_NOT_FOUND.search(reply.answer))
+            if not reply.not_found:  # the time of generated answers
+                result.answer_s = time.perf_counter() - started
+            result.answer_refused = reply.not_found or bool(_SAYS_NOT_FOUND.search(reply.answer))
             result.answer_text = reply.answer
             result.sentences = reply.sentences
             cited = [c for c in reply.citations if c.cited]
@@ -271,12 +297,18 @@ def render_report(report: dict[str, Any]) -> str:
         f"answers     accuracy {pct(report['answer_accuracy'])}",
         f"support     sentences supported {pct(report['supported_sentences'])}  "
         f"answers with an unsupported claim {pct(report['answers_with_unsupported'])}",
-        f"not found   correct on unanswerable {pct(report['not_found_accuracy'])}  "
-        f"wrongly on answerable {pct(report['false_not_found'])}"
+        f"not found   retrieval refused {pct(report['refused_unanswerable'])} of unanswerable, "
+        f"{pct(report['refused_answerable'])} of answerable"
         + (
             f"  (min_score {report['min_score']}, word_weight {report['word_weight']})"
             if "min_score" in report
             else ""
+        ),
+        (
+            f"            with the answers refused {pct(report['pipeline_refused_unanswerable'])} "
+            f"of unanswerable, {pct(report['pipeline_refused_answerable'])} of answerable"
+            if report["generated"]
+            else "            (run with --generate for the whole pipeline's refusals)"
         ),
         f"latency     search p50 {report['search_ms']['p50']:.1f} ms  "
         f"p95 {report['search_ms']['p95']:.1f} ms",

@@ -18,6 +18,7 @@ from rag.models.hardware import resolve_hardware
 from rag.models.planner import require_fit
 from rag.qa.citations import MarkerFilter, citations_for, clean_markers
 from rag.qa.conversation import llm_rewrite, rule_rewrite
+from rag.qa.modelcheck import needs_model_check, sources_answer_logit
 from rag.qa.packing import Packing, merge_adjacent, pack
 from rag.qa.prompts import Message, build_messages
 from rag.qa.rerank import llm_rerank
@@ -129,23 +130,28 @@ class Answerer:
 
         A follow-up question is searched as a standalone query (Answer.rewritten_query).
         When nothing retrieved is similar enough to the question, the answer is NOT_FOUND
-        and the LLM is not called.
+        and the LLM is not called; when the rule is unsure, the LLM first says whether the
+        sources hold the answer (rag.qa.modelcheck).
         """
         if not question.strip():
             raise UsageError("the question is empty")
         rewritten = self.standalone_query(question, history)
-        passages = self.search(rewritten or question, collection, k)
-        if not passages or not is_relevant(
-            passages, self.retrieval.min_score, rewritten or question, self.retrieval.word_weight
-        ):
-            text = NOT_FOUND if passages else NOTHING_FOUND
-            yield Delta(text)
-            yield Answer(answer=text, rewritten_query=rewritten, not_found=True)
+        query = rewritten or question
+        passages = self.search(query, collection, k)
+        r = self.retrieval
+        relevant = bool(passages) and is_relevant(passages, r.min_score, query, r.word_weight)
+        if not relevant and not (passages and needs_model_check(passages, query, r, self.engine)):
+            yield from self._not_found(bool(passages), rewritten)
             return
-        if self.retrieval.rerank == "llm":
-            passages = llm_rerank(self.engine, rewritten or question, passages, self.retrieval)
+        if r.rerank == "llm":
+            passages = llm_rerank(self.engine, query, passages, r)
         reserve = self._reserve(max_tokens)
         packing = self.pack(question, passages, history, reserve)
+        if not relevant and sources_answer_logit(self.engine, packing.messages) < (
+            r.model_check_logit
+        ):
+            yield from self._not_found(True, rewritten)
+            return
         answer = None
         for item in self._generate(
             packing.prompt_ids,
@@ -162,6 +168,11 @@ class Answerer:
                 yield item
         assert answer is not None
         yield replace(answer, rewritten_query=rewritten, dropped_turns=packing.dropped_turns)
+
+    def _not_found(self, found: bool, rewritten: str | None) -> Iterator[Delta | Answer]:
+        text = NOT_FOUND if found else NOTHING_FOUND
+        yield Delta(text)
+        yield Answer(answer=text, rewritten_query=rewritten, not_found=True)
 
     def chat(
         self,

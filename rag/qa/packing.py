@@ -21,6 +21,8 @@ class Packing:
     # Passages left out, lowest-ranked first dropped; earlier turns left out (oldest first).
     dropped: list[Passage]
     dropped_turns: int
+    # The chat the prompt encodes (for a second prompt that starts like it).
+    messages: list[Message]
 
     @property
     def dropped_chunk_ids(self) -> list[str]:
@@ -92,9 +94,11 @@ def pack(
     """
     kept, turns = list(passages), list(history)
     while True:
-        ids = encode(build_messages(question, kept, turns))
+        messages = build_messages(question, kept, turns)
+        ids = encode(messages)
         if len(ids) <= budget_tokens:
-            return Packing(ids, kept, list(passages[len(kept) :]), len(history) - len(turns))
+            dropped = list(passages[len(kept) :])
+            return Packing(ids, kept, dropped, len(history) - len(turns), messages)
         if len(kept) > 1:
             kept.pop()
         elif turns:
