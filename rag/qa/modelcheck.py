@@ -11,8 +11,8 @@ its first token of reply decides (no decoding).
 The question is appended to the answer's own prompt, so the two share their long start
 (system prompt and sources): on llama.cpp the answer that follows a "Yes" reuses that
 prefill and the check costs a few tokens; a "No" costs the one prefill (12-25 s for 500-
-1,000 tokens with Qwen2.5-Coder-1.5B on this project's 2-core test machine, under a second
-on a Mac's GPU).
+1,000 tokens with Qwen2.5-Coder-1.5B on this project's 2-core test machine). MLX scores
+without its prefix cache, so there a checked question pays one more prefill of its prompt.
 
 Measured with that model on every question the rule refuses, in each eval set of
 bench/retrieval.py (refused unanswerable / refused answerable, the rule alone -> with the
