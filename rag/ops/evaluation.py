@@ -15,10 +15,10 @@ of answer sentences that their cited passages support, and the share of answers 
 unsupported sentence, as rag.qa.support checks them; needs generation); the "not found"
 operating point: the share of unanswerable questions refused against the share of answerable
 ones refused, for retrieval's rule alone (rag.qa.retrieval.is_relevant, no LLM) and, with
-generation, for the whole pipeline (that rule, then the model saying the answer is not in the
-sources); search latency p50/p95. With generation, a follow-up's earlier questions are
-answered first and their answers are the history the follow-up is asked with, as in a real
-conversation.
+generation, for the whole pipeline (that rule, the model's check where it is unsure, then the
+model saying the answer is not in the sources); search latency p50/p95. With generation, a
+follow-up's earlier questions are answered first and their answers are the history the
+follow-up is asked with, as in a real conversation.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class EvalQuestion:
 class QuestionResult:
     question: EvalQuestion
     rank: int | None  # 1-based rank of the first hit within DEPTH, None when missed
-    # Retrieval's rule said "not found" (the LLM is not asked then).
+    # Retrieval's rule said "not found" (before the model's check: rag.qa.modelcheck).
     retrieval_refused: bool
     search_ms: float
     rewritten_query: str | None = None

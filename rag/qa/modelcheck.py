@@ -23,12 +23,13 @@ check at 0.35 and 1.0):
     FOLDOC            9/10, 10/300  ->  9/10,  3/300
     GNU (paraphrase)  1/10,  8/50   ->  1/10,  4/50
 
-Off-topic questions score -2 to +0.5 (the FAQ's "How do I set up a printer with CUPS?"
-+0.54); the FOLDOC questions the check saves ("What does MRS stand for?") +2.5 to +3.8,
-the GNU ones +1.0 to +1.6. The threshold was first set to 0.75 on the FAQ, samples and GNU
-(it saved 7 of GNU's 8); FOLDOC, held out until then, had "What is the capital of
-Australia?" at +0.82 (its passages mention Australia), so it is 1.0, and FOLDOC no longer
-counts as held out for it. The check does not lift the refusal of unanswerable questions:
+Unanswerable questions in that band scored -2 to +0.54 (the FAQ's "How do I set up a
+printer with CUPS?"), but for FOLDOC's "What is the capital of Australia?" at +0.82 (its
+passages mention Australia); the FOLDOC questions the check saves ("What does MRS stand
+for?") +2.5 to +3.8, the GNU ones +1.0 to +1.6. The threshold was first set to 0.75 on the
+FAQ, samples and GNU (it saved 7 of GNU's 8); FOLDOC, held out until then, showed the
+capital question would pass it, so it is 1.0, and FOLDOC no longer counts as held out
+for it. The check does not lift the refusal of unanswerable questions:
 asked the same way of every GNU question, unanswerable ones score like the answerable
 (AUC 0.65), so it only ever turns the rule's "not found" into an answer.
 
