@@ -69,7 +69,7 @@ from bench.retrieval import (  # noqa: E402
 )
 from rag.config import EmbeddingSettings, LlmSettings, RetrievalSettings  # noqa: E402
 from rag.embed.embedder import Embedder, load_embedder  # noqa: E402
-from rag.qa.retrieval import evidence, is_relevant, query_terms, word_coverage  # noqa: E402
+from rag.qa.retrieval import evidence, is_relevant, text_coverage, word_coverage  # noqa: E402
 
 # The operating point asked for: this share of unanswerable questions refused ...
 REFUSE_UNANSWERABLE = 0.85
@@ -89,7 +89,6 @@ SIGNALS = (
     "z-score",
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+|\n\s*\n")
-_WORD = re.compile(r"\w+")
 
 
 @dataclasses.dataclass
@@ -100,7 +99,11 @@ class Row:
 
 
 def sentences(text: str) -> list[str]:
-    """The text's sentences; pieces under 40 characters join the next one."""
+    """The text's sentences; pieces under 40 characters join the next one.
+
+    Not rag.qa.support.split_sentences: that one keeps list items and short lines apart (a
+    span must point at the words), while a candidate answer sentence needs enough words to
+    embed, so this one also cuts at ; and : and joins fragments."""
     out: list[str] = []
     for piece in (p.strip() for p in _SENTENCE_END.split(text)):
         if not piece:
@@ -110,15 +113,6 @@ def sentences(text: str) -> list[str]:
         else:
             out.append(piece)
     return out or [text]
-
-
-def word_share(text: str, query: str) -> float:
-    """rag.qa.retrieval.word_coverage of a bare text (one sentence)."""
-    wanted = query_terms(query)
-    if not wanted:
-        return 0.0
-    held_terms = query_terms(" ".join(_WORD.findall(text)))
-    return len(wanted & held_terms) / len(wanted)
 
 
 def signals_of(rows: list[Legs], embedder: Embedder, settings: RetrievalSettings) -> list[Row]:
@@ -144,7 +138,7 @@ def signals_of(rows: list[Legs], embedder: Embedder, settings: RetrievalSettings
             "cosine": max((p.score for p in top), default=0.0),
             "word share": max((word_coverage(p, r.query) for p in top), default=0.0),
             "sentence cosine": float(cosines[best]) if len(group) else 0.0,
-            "sentence words": word_share(group[best], r.query) if group else 0.0,
+            "sentence words": text_coverage(group[best], r.query) if group else 0.0,
             "agreement": float(agree),
             "bm25": max((score for _, score in r.by_text[:1]), default=0.0),
             "cosine gap": by_vector[0] - by_vector[5] if len(by_vector) > 5 else 0.0,

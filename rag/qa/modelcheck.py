@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from rag.config import RetrievalSettings
 from rag.llm.base import Engine
 from rag.qa.prompts import Message
+from rag.qa.rerank import yes_logit
 from rag.qa.retrieval import evidence
 from rag.records import Passage
 
@@ -66,7 +67,4 @@ def sources_answer_logit(engine: Engine, messages: Sequence[Message]) -> float:
     the answer to its question: logit(Yes) - logit(No), the higher the surer."""
     last = messages[-1]
     asked = [*messages[:-1], {**last, "content": f"{last['content']}\n\n{CHECK_QUESTION}"}]
-    yes = engine.tokenizer.encode("Yes", add_special_tokens=False)[0]
-    no = engine.tokenizer.encode("No", add_special_tokens=False)[0]
-    logit_yes, logit_no = engine.score(engine.encode_chat(asked), [yes, no])
-    return logit_yes - logit_no
+    return yes_logit(engine, asked)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rag.config import RetrievalSettings
+from rag.qa.prompts import Message
 from rag.records import Passage
 
 if TYPE_CHECKING:
@@ -34,19 +35,25 @@ RERANK_SYSTEM_PROMPT = (
 PASSAGE_CHARS = 600
 
 
+def yes_logit(engine: Engine, messages: Sequence[Message]) -> float:
+    """logit(Yes) - logit(No) of the model's first token of reply to `messages` (one
+    prefill, no decoding): how strongly it says yes."""
+    yes = engine.tokenizer.encode("Yes", add_special_tokens=False)[0]
+    no = engine.tokenizer.encode("No", add_special_tokens=False)[0]
+    logit_yes, logit_no = engine.score(engine.encode_chat(list(messages)), [yes, no])
+    return logit_yes - logit_no
+
+
 def relevance_logit(engine: Engine, question: str, passage: Passage) -> float:
     """How strongly the model says the passage answers the question (higher is more)."""
     user = (
         f"Passage:\n{passage.text.strip()[:PASSAGE_CHARS]}\n\nQuestion: {question.strip()}\n"
         "Does the passage answer the question? Reply Yes or No."
     )
-    ids = engine.encode_chat(
-        [{"role": "system", "content": RERANK_SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    return yes_logit(
+        engine,
+        [{"role": "system", "content": RERANK_SYSTEM_PROMPT}, {"role": "user", "content": user}],
     )
-    yes = engine.tokenizer.encode("Yes", add_special_tokens=False)[0]
-    no = engine.tokenizer.encode("No", add_special_tokens=False)[0]
-    logit_yes, logit_no = engine.score(ids, [yes, no])
-    return logit_yes - logit_no
 
 
 def llm_rerank(

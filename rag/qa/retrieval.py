@@ -243,8 +243,13 @@ def evidence(passage: Passage, query: str, word_weight: float) -> float:
 
 def word_coverage(passage: Passage, query: str) -> float:
     """The share of the query's content words (crudely stemmed) the passage holds."""
+    return text_coverage(passage.text, query)
+
+
+def text_coverage(text: str, query: str) -> float:
+    """The share of the query's content words (crudely stemmed) `text` holds."""
     wanted = query_terms(query)
-    return len(wanted & _terms(passage.text)) / len(wanted) if wanted else 0.0
+    return len(wanted & _terms(text)) / len(wanted) if wanted else 0.0
 
 
 def is_relevant(
