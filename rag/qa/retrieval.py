@@ -52,7 +52,7 @@ unanswerable are (FAQ / samples / FOLDOC held out / GNU):
     best sentence's cosine      1.000 0.0%  0.994 0.0%  0.966  1.3%  0.538 82%
     BM25 score                  0.918 13%   0.988 0.0%  0.863 21%    0.608 84%
     cosine gap, best to 6th     0.972 11%   0.988 0.0%  0.828 47%    0.674 48%
-    logistic fit on all nine    0.999 0.0%  0.994 0.0%  0.949  3.0%  0.574 66%
+    logistic fit on all nine    0.999 0.0%  0.994 0.0%  0.949  3.3%  0.568 66%
 
 (the answer-bearing sentence is the top passages' sentence closest to the question; the
 nine add the best sentence's word share, both legs agreeing on the top passage, and the
