@@ -165,6 +165,7 @@ def test_a_client_that_disconnects_stops_its_generation(server: str) -> None:
         "messages": [{"role": "user", "content": "Write a very long story about a lighthouse."}],
     }
     with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=120) as r:
+        assert r.headers["cache-control"] == "no-store"  # a streamed answer is never cached
         for line in r.iter_lines():
             if '"content":"' in line and '"content":""' not in line:
                 break  # the first real token: hang up now

@@ -56,6 +56,7 @@ def test_ask_streams_tokens_then_done(server: str) -> None:
     ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-store"
         event = ""
         for line in response.iter_lines():
             if line.startswith("event:"):
@@ -115,6 +116,31 @@ def test_pdfjs_is_served_from_this_origin_and_compiles_no_strings(server: str) -
     assert httpx.get(f"{server}/static/vendor/pdfjs/LICENSE").status_code == 404
     escape = httpx.get(f"{server}/static/vendor/pdfjs/%2e%2e/%2e%2e/page.py")
     assert escape.status_code == 404 and b"import" not in escape.content
+
+
+def test_every_response_is_nosniff_and_uncached_unless_the_route_says_otherwise(
+    server: str,
+) -> None:
+    responses = {
+        "answer": httpx.post(
+            f"{server}/api/search", json={"query": "company wiki", "k": 1}, timeout=60
+        ),
+        "list": httpx.get(f"{server}/api/documents"),
+        "bad body": httpx.post(f"{server}/api/ask", json={}, timeout=30),
+        "no route": httpx.get(f"{server}/api/nothing-here"),
+        "wrong method": httpx.delete(f"{server}/health"),
+        # Refused by a middleware, before any route is chosen.
+        "bad host": httpx.get(f"{server}/health", headers={"host": "evil.example"}),
+        "page": httpx.get(f"{server}/"),
+    }
+    assert [r.status_code for r in responses.values()] == [200, 200, 400, 404, 405, 400, 200]
+    for what, r in responses.items():
+        assert r.headers["x-content-type-options"] == "nosniff", what
+        assert r.headers["cache-control"] == "no-store", what
+    # pdf.js keeps the caching its route asks for.
+    vendor = httpx.get(f"{server}/static/vendor/{next(iter(VENDOR_FILES))}")
+    assert vendor.headers["cache-control"] == "public, max-age=3600"
+    assert vendor.headers.get_list("x-content-type-options") == ["nosniff"]
 
 
 def test_metrics_count_requests_tokens_and_latency(server: str) -> None:

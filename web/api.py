@@ -21,6 +21,7 @@ from rag.ops.doctor import run_checks
 from rag.qa.answerer import Answerer
 from rag.records import Answer, Delta
 from web.auth import AUTH_ONLY, Caller
+from web.headers import STREAM_HEADERS
 from web.models import ModelHost
 
 MAX_K = 50
@@ -115,7 +116,7 @@ async def ask(
             collection,
             caller.name,
         )
-        return ServerSentEvent(_stream_events(items))
+        return ServerSentEvent(_stream_events(items), headers=STREAM_HEADERS)
     answer = await host.answer(
         lambda stop: answerer.stream(
             data.question, collection, k, history=history, should_stop=stop

@@ -21,6 +21,7 @@ from web.auth import KeyRing, RateLimiter, check_caller, provide_caller
 from web.csrf import csrf_middleware
 from web.documents import Library, document_routes
 from web.errors import JsonTooDeepError, error_response, refuse_html_errors
+from web.headers import add_default_headers
 from web.hosts import host_middleware
 from web.jobs import JobRunner, job_events, job_status
 from web.mcp import McpEndpoint
@@ -141,6 +142,7 @@ def create_app(settings: Settings) -> Litestar:
         # One handler for every error, ours and Litestar's (404, 405, 413, validation, ...).
         exception_handlers={Exception: error_response},
         after_request=refuse_html_errors,
+        before_send=[add_default_headers],
         # The JSON document only: the interactive renderers load scripts from public CDNs.
         openapi_config=OpenAPIConfig(
             title="rag", version=__version__, path="/schema", render_plugins=[JsonRenderPlugin()]

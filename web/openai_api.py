@@ -21,6 +21,7 @@ from rag.errors import NotFoundError, RagError, UsageError
 from rag.records import Answer, Delta
 from web.api import readable_collection
 from web.auth import Caller
+from web.headers import STREAM_HEADERS
 from web.models import ModelHost
 
 MAX_EMBEDDING_INPUTS = 256
@@ -145,7 +146,7 @@ async def chat_completions(
         chunks = _stream(
             host.iterate(make, collection, caller.name), completion_id, data.model, include_usage
         )
-        return ServerSentEvent(chunks)
+        return ServerSentEvent(chunks, headers=STREAM_HEADERS)
     answer = await host.answer(make, collection, caller.name)
     checked = answer.to_json()
     return Response(
