@@ -6,12 +6,16 @@ import hashlib
 import json
 import random
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+from web.uploads import LOCK_FILE
 
 from .conftest import FAST_LLM_ENV, ROOT, start_server, stop_server
 
@@ -67,8 +71,9 @@ def _documents(base: str, collection: str = "uploads") -> dict[str, dict]:
 
 
 def _uploads_dir(docs: dict) -> list[str]:
+    """The uploads waiting in staging folders (each folder also holds its server's lock)."""
     path = docs["data"] / "uploads"
-    return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    return sorted(p.name for p in path.rglob("*") if p.is_file() and p.name != LOCK_FILE)
 
 
 def _originals(docs: dict) -> set[str]:
@@ -327,3 +332,56 @@ def test_job_progress_streams_as_server_sent_events(docs: dict) -> None:
     chunks = [body["chunks"] for _, body in events]
     assert chunks == sorted(chunks) and chunks[-1] > 0
     httpx.delete(f"{base}/api/documents", params={"collection": "uploads", "source": "stream.txt"})
+
+
+# A server's staging, as `rag serve` makes it; the first stops dead, the second waits.
+_STAGE = """
+import os, sys
+from pathlib import Path
+from web.uploads import Staging
+folder = Staging(Path(sys.argv[1])).directory
+(folder / "secret.md").write_text("staged, never ingested")
+print(folder, flush=True)
+if sys.argv[2] == "crash":
+    os._exit(0)
+sys.stdin.read()
+"""
+
+
+def test_a_stopped_servers_staged_uploads_are_deleted_when_a_server_starts(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+
+    def stage(how: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", _STAGE, str(data), how],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    crashed = stage("crash")
+    dead = Path(crashed.communicate(timeout=60)[0].strip())
+    running = stage("wait")
+    assert running.stdout is not None
+    alive = Path(running.stdout.readline().strip())
+    assert (dead / "secret.md").exists() and (alive / "secret.md").exists()
+    try:
+        proc, base = start_server(data, **FAST_LLM_ENV)
+        try:
+            # The crashed one's folder is gone; the running one's is not touched.
+            assert not dead.exists() and (alive / "secret.md").exists()
+            job = _wait(
+                base, _upload(base, [("notes.md", b"# Notes\n\nLunch is at noon.\n")]).json()["id"]
+            )
+            assert job["state"] == "done"
+            mine = set((data / "uploads").iterdir()) - {alive}
+            assert len(mine) == 1 and [p.name for p in next(iter(mine)).iterdir()] == [LOCK_FILE]
+        finally:
+            stop_server(proc)
+        # A server that stops with nothing waiting deletes its own folder.
+        assert list((data / "uploads").iterdir()) == [alive]
+    finally:
+        running.communicate(timeout=60)

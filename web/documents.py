@@ -139,7 +139,7 @@ async def upload_documents(
     if not COLLECTION_NAME.match(name):
         raise UsageError(f"collection {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
     runner.check_capacity()
-    uploads = await receive_uploads(request, settings.server, settings.storage.data_path)
+    uploads = await receive_uploads(request, settings.server, runner.staging.directory)
     job = runner.submit(name, caller.name, uploads, embedder)
     body = runner.snapshot(job)[1]
     return Response(body, status_code=202, headers={"Location": f"/api/jobs/{job.id}"})

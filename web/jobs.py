@@ -35,7 +35,7 @@ from rag.index.originals import Originals
 from rag.index.store import open_index
 from web.auth import AUTH_ONLY, Caller
 from web.metrics import record_ingest_chunks, record_ingest_file, track_ingest
-from web.uploads import Upload, stored_upload
+from web.uploads import Staging, Upload, stored_upload
 
 if TYPE_CHECKING:
     from ingest.report import Progress
@@ -129,8 +129,10 @@ class JobRunner:
         self._store: Store | None = None
         self.originals = Originals.from_settings(settings.storage)
         self.stopping = threading.Event()  # set on SIGTERM: event streams end
+        self.staging = Staging(settings.storage.data_path)  # where uploads wait for their job
 
     def start(self) -> None:
+        self.staging.start()
         track_ingest(
             lambda: self._count("queued"),
             lambda: self._count("running"),
@@ -140,6 +142,7 @@ class JobRunner:
     def close(self) -> None:
         self.stopping.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.staging.close()
 
     # -- on the event loop: cheap, never blocking ----------------------------------------
 

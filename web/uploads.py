@@ -1,14 +1,24 @@
 """Uploaded files: read from a multipart request within the limits, stored under made-up names.
 
-A client's file name is never used as a path. Each file is written to the uploads directory
-in the data dir under a random name (keeping only a suffix the parsers know, which decides
-how the file is read); the name the client sent, cleaned, becomes the document's `source`,
-shown as text and nothing else.
+A client's file name is never used as a path. Each file is written to this server's staging
+folder under a random name (keeping only a suffix the parsers know, which decides how the
+file is read); the name the client sent, cleaned, becomes the document's `source`, shown as
+text and nothing else. Its job deletes it once ingested (what is kept is the original,
+rag.index.originals).
+
+Staging folders: each server process stages in its own `uploads/staging-<id>/`, holding an
+exclusive lock on the folder's `.lock` file while it runs. A server that dies mid-job leaves
+its folder behind, and the kernel releases its lock; the next server to start deletes every
+folder whose lock it can take, so a crash never leaves uploaded bytes in the data dir for
+good. Replicas sharing a data dir on one host see each other's locks and keep out of each
+other's folders.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import logging
 import os
 import re
 import shutil
@@ -27,9 +37,13 @@ from rag.config import ServerSettings
 from rag.errors import TooLargeError, UsageError
 
 UPLOADS_DIR = "uploads"
+STAGING_PREFIX = "staging-"
+LOCK_FILE = ".lock"
 FORM_FIELD = "files"
 MAX_NAME_CHARS = 200
 MIB = 2**20
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +55,66 @@ class Upload:
 
 def uploads_path(data_path: Path) -> Path:
     return data_path / UPLOADS_DIR
+
+
+class Staging:
+    """This process's staging folder, made and locked on the first upload (see the module's
+    docstring); `start` deletes the folders of servers that stopped without deleting theirs."""
+
+    def __init__(self, data_path: Path) -> None:
+        self.root = uploads_path(data_path)
+        self._directory: Path | None = None
+        self._lock_fd = -1
+
+    def start(self) -> int:
+        """Delete the staging folders no live process holds the lock of; the number deleted."""
+        if not self.root.is_dir():
+            return 0
+        removed = 0
+        for folder in self.root.glob(f"{STAGING_PREFIX}*"):
+            try:
+                fd = os.open(folder / LOCK_FILE, os.O_RDWR)
+            except OSError:
+                continue  # not a staging folder, or one another server is making
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its server is running
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+            finally:
+                os.close(fd)
+        if removed:
+            log.info("deleted %d staging folder(s) of uploads that stopped servers left", removed)
+        return removed
+
+    @property
+    def directory(self) -> Path:
+        if self._directory is None:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Made and locked under a name that `start` ignores, then renamed: a server
+            # starting meanwhile never finds this folder unlocked.
+            name = uuid.uuid4().hex
+            making = self.root / f".making-{name}"
+            making.mkdir(mode=0o700)
+            self._lock_fd = os.open(making / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            making.rename(self.root / f"{STAGING_PREFIX}{name}")
+            self._directory = self.root / f"{STAGING_PREFIX}{name}"
+        return self._directory
+
+    def close(self) -> None:
+        """Delete the folder unless an upload still waits in it (the next start will), unlock."""
+        if self._directory is None:
+            return
+        try:
+            if [p.name for p in self._directory.iterdir()] == [LOCK_FILE]:
+                shutil.rmtree(self._directory)
+        except OSError:
+            pass  # the next start deletes it
+        os.close(self._lock_fd)
+        self._directory = None
 
 
 def stored_upload(document_path: str, data_path: Path) -> Path | None:
@@ -71,7 +145,7 @@ def clean_name(filename: str | None) -> str:
 
 
 async def receive_uploads(
-    request: Request[Any, Any, Any], server: ServerSettings, data_path: Path
+    request: Request[Any, Any, Any], server: ServerSettings, directory: Path
 ) -> list[Upload]:
     """Read the request's `files` parts and store them; 413 past any limit, 400 if malformed."""
     try:
@@ -104,7 +178,7 @@ async def receive_uploads(
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise UsageError(f"file name given more than once: {', '.join(repeated)}")
-        return await asyncio.to_thread(_store_all, files, names, server, uploads_path(data_path))
+        return await asyncio.to_thread(_store_all, files, names, server, directory)
     finally:
         for part in parts:
             await part.close()
@@ -121,7 +195,6 @@ def _store_all(
                 f"{name}: {size / MIB:.1f} MiB is over server.upload_max_file_mb = "
                 f"{server.upload_max_file_mb} MiB"
             )
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     stored: list[Upload] = []
     try:
         for f, name, size in zip(files, names, sizes, strict=True):
