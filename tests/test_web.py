@@ -18,6 +18,11 @@ from .conftest import FAST_LLM_ENV, start_server, stop_server
 
 def test_health_ready_and_openapi(server: str) -> None:
     assert httpx.get(f"{server}/health").json() == {"status": "ok"}
+    # Uptime monitors probe with HEAD: the GET's status and headers, no body.
+    for path in ("/health", "/ready", "/"):
+        head, got = httpx.head(f"{server}{path}"), httpx.get(f"{server}{path}")
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == got.headers["content-type"], path
     ready = httpx.get(f"{server}/ready").json()
     assert ready["status"] == "ready"
     assert ready["llm"].startswith("smollm2")

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Request, get, post
+from litestar import Request, get, post, route
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 
 from rag.accounts.usage import UsageLedger, recent_speeds
@@ -68,12 +68,17 @@ async def readable_collection(
     return name
 
 
-@get("/health", summary="Liveness: the process answers")
+# HEAD too, for uptime monitors that probe with it (the server sends no body for HEAD).
+@route("/health", http_method=["GET", "HEAD"], summary="Liveness: the process answers")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/ready", summary="Readiness: 200 once the models are loaded, 503 before")
+@route(
+    "/ready",
+    http_method=["GET", "HEAD"],
+    summary="Readiness: 200 once the models are loaded, 503 before",
+)
 async def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     host = _host(request)
     auth = bool(request.app.state.keyring.keys())

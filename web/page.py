@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from litestar import Request, get
+from litestar import Request, get, route
 from litestar.response import Response
 
 from rag.errors import NotFoundError
@@ -69,7 +69,7 @@ def load_page(path: Path = PAGE_PATH) -> Page:
     return Page(html.encode(), headers)
 
 
-@get("/", include_in_schema=False)
+@route("/", http_method=["GET", "HEAD"], include_in_schema=False)
 async def index(request: Request[Any, Any, Any]) -> Response[bytes]:
     page: Page = request.app.state.page
     return Response(page.body, media_type="text/html", headers=page.headers)
