@@ -34,7 +34,7 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
 from ingest.discovery import kind_of
 from rag.config import ServerSettings
-from rag.errors import TooLargeError, UsageError
+from rag.errors import StoreError, TooLargeError, UsageError
 
 UPLOADS_DIR = "uploads"
 STAGING_PREFIX = "staging-"
@@ -92,15 +92,21 @@ class Staging:
     @property
     def directory(self) -> Path:
         if self._directory is None:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Made and locked under a name that `start` ignores, then renamed: a server
             # starting meanwhile never finds this folder unlocked.
             name = uuid.uuid4().hex
             making = self.root / f".making-{name}"
-            making.mkdir(mode=0o700)
-            self._lock_fd = os.open(making / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            making.rename(self.root / f"{STAGING_PREFIX}{name}")
+            try:
+                self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+                making.mkdir(mode=0o700)
+                self._lock_fd = os.open(making / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o600)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                making.rename(self.root / f"{STAGING_PREFIX}{name}")
+            except OSError as e:
+                raise StoreError(
+                    f"cannot make a folder for uploads under {self.root}: {e.strerror}; "
+                    "storage.data_dir must be writable"
+                ) from e
             self._directory = self.root / f"{STAGING_PREFIX}{name}"
         return self._directory
 
