@@ -70,6 +70,7 @@ from bench.retrieval import (  # noqa: E402
 from rag.config import EmbeddingSettings, LlmSettings, RetrievalSettings  # noqa: E402
 from rag.embed.embedder import Embedder, load_embedder  # noqa: E402
 from rag.qa.retrieval import evidence, is_relevant, text_coverage, word_coverage  # noqa: E402
+from rag.records import Passage  # noqa: E402
 
 # The operating point asked for: this share of unanswerable questions refused ...
 REFUSE_UNANSWERABLE = 0.85
@@ -272,7 +273,7 @@ def judge(sets: list[EvalSet], cached: dict[str, list[Legs]], n: int, model: str
     answerable ones per set; then the model check (rag.qa.modelcheck) on every question the
     rule refuses, as the answerer runs it."""
     from rag.llm.load import load_engine
-    from rag.qa.modelcheck import sources_answer_logit
+    from rag.qa.modelcheck import needs_model_check, sources_answer_logit
     from rag.qa.packing import merge_adjacent, pack
     from rag.qa.rerank import relevance_logit
 
@@ -280,9 +281,8 @@ def judge(sets: list[EvalSet], cached: dict[str, list[Legs]], n: int, model: str
     engine = load_engine(llm)
     budget = llm.context_tokens - llm.answer_tokens
 
-    def check(row: Legs) -> float:
-        top = refit(row, settings, settings.k)
-        packed = pack(engine.encode_chat, row.query, merge_adjacent(top), [], budget)
+    def check(query: str, top: list[Passage]) -> float:
+        packed = pack(engine.encode_chat, query, merge_adjacent(top), [], budget)
         return sources_answer_logit(engine, packed.messages)
 
     print(
@@ -297,10 +297,10 @@ def judge(sets: list[EvalSet], cached: dict[str, list[Legs]], n: int, model: str
         for i in chosen(es, n):
             row = cached[es.name][i]
             started = time.perf_counter()
-            top = refit(row, settings, settings.k)[:3]
+            top = refit(row, settings, settings.k)
             side = 0 if row.question.answerable else 1
-            alone[side].append(max(relevance_logit(engine, row.query, p) for p in top))
-            prompt[side].append(check(row))
+            alone[side].append(max(relevance_logit(engine, row.query, p) for p in top[:3]))
+            prompt[side].append(check(row.query, top))
             seconds.append(time.perf_counter() - started)
         print(
             f"  {held(es.name)}: alone {cell(*alone)}, the answer's prompt {cell(*prompt)} "
@@ -321,9 +321,11 @@ def judge(sets: list[EvalSet], cached: dict[str, list[Legs]], n: int, model: str
             top = refit(row, settings, settings.k)
             if is_relevant(top, settings.min_score, row.query, settings.word_weight):
                 continue
-            best = max((evidence(p, row.query, settings.word_weight) for p in top), default=-1)
-            if best < settings.model_check_min_score or check(row) < settings.model_check_logit:
-                refused[answerable] += 1
+            # As the answerer decides (rag.qa.answerer.Answerer.stream).
+            saved = needs_model_check(top, row.query, settings, engine) and (
+                check(row.query, top) >= settings.model_check_logit
+            )
+            refused[answerable] += not saved
         print(
             f"  {held(es.name)}: {refused[False]} of {count[False]} / {refused[True]} of "
             f"{count[True]}"
