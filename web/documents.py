@@ -217,11 +217,9 @@ async def document_source(
         filename=Path(doc.source).name or "document",
         media_type="application/octet-stream",
         content_disposition_type="attachment",
-        # A kept HTML file must never run as a page of this origin.
-        headers={
-            "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": "sandbox; default-src 'none'",
-        },
+        # A kept HTML file must never run as a page of this origin (nosniff comes with
+        # every response: web/headers.py).
+        headers={"Content-Security-Policy": "sandbox; default-src 'none'"},
     )
 
 

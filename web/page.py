@@ -60,12 +60,8 @@ def load_page(path: Path = PAGE_PATH) -> Page:
             "base-uri 'none'",
         ]
     )
-    headers = {
-        "Content-Security-Policy": policy,
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-        "Cache-Control": "no-store",
-    }
+    # nosniff and no-store come with every response (web/headers.py).
+    headers = {"Content-Security-Policy": policy, "Referrer-Policy": "no-referrer"}
     return Page(html.encode(), headers)
 
 
@@ -85,7 +81,6 @@ async def vendor_file(path: str) -> Response[bytes]:
         _vendor_bytes(name),
         media_type="text/javascript",
         headers={
-            "X-Content-Type-Options": "nosniff",
             "Cache-Control": "public, max-age=3600",
             # The policy of the worker's own context: it fetches nothing (the page hands it
             # the document's bytes) and compiles no WebAssembly (used for JPEG 2000 only).
